@@ -1,0 +1,75 @@
+"""The progress record a runner shard writes next to its parts, for the operator and resume.
+
+It travels through object storage because the runner has no Kubernetes credentials
+(DESIGN §2). Counts are sums over committed parts, so they never run ahead of the results.
+"""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from openbatch.wire import BatchErrors, BatchUsage
+
+
+class RunState(StrEnum):
+    """Where one shard stands. Terminal states: completed, cancelled, expired, failed."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    FAILED = "failed"  # the input failed validation; nothing was sent
+    INTERRUPTED = "interrupted"  # SIGTERM: committed and exited to be resumed
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({RunState.COMPLETED, RunState.CANCELLED, RunState.EXPIRED, RunState.FAILED})
+
+
+class InputFingerprint(BaseModel):
+    """Identifies the input a work dir belongs to, so a resume never mixes two files."""
+
+    uri: str
+    size: int
+    etag: str | None = None
+
+
+class ProgressRecord(BaseModel):
+    version: int = 1
+    state: RunState
+    shard: int = 0
+    shards: int = 1
+    total: int = 0  # lines this shard owns
+    completed: int = 0  # lines with a 2xx response
+    failed: int = 0  # lines that ran and failed (HTTP error or no answer after retries)
+    unrun: int = 0  # lines written as batch_cancelled / batch_expired (not counted as failed)
+    usage: BatchUsage = Field(default_factory=BatchUsage)
+    model: str | None = None
+    parts: int = 0  # committed part sequence numbers used so far
+    errors: BatchErrors | None = None  # validation errors (capped), OpenAI shape
+    error_count: int = 0  # validation errors in total, before the cap
+    input: InputFingerprint | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    message: str | None = None
+
+
+class FinalResult(BaseModel):
+    """Written by finalize next to the shards: where the joined files are and what they hold."""
+
+    version: int = 1
+    state: RunState
+    total: int
+    completed: int
+    failed: int
+    unrun: int
+    usage: BatchUsage = Field(default_factory=BatchUsage)
+    model: str | None = None
+    output_uri: str | None = None  # null when there were no successful lines
+    error_uri: str | None = None  # null when there were no error lines
+    output_lines: int = 0
+    error_lines: int = 0

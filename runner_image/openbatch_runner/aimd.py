@@ -1,0 +1,53 @@
+"""Additive-increase / multiplicative-decrease control of the in-flight window.
+
+A batch should fill a model server's spare capacity without overloading it (DESIGN §6):
+the window grows by about one request per round trip while latency stays near the best
+seen, and halves on 429/503 or when latency shows requests queueing inside the server.
+Pure: time comes in as an argument, so it is table-tested without clocks.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AimdController:
+    initial: int
+    min_limit: int = 1
+    max_limit: int = 1024
+    decrease_factor: float = 0.5
+    latency_factor: float = 2.0  # latency above this many times the baseline means queueing
+    limit: float = field(init=False)
+    baseline: float | None = field(init=False, default=None)
+    _last_decrease: float = field(init=False, default=float("-inf"))
+
+    def __post_init__(self) -> None:
+        self.limit = float(max(self.min_limit, min(self.max_limit, self.initial)))
+
+    @property
+    def window(self) -> int:
+        return max(self.min_limit, int(self.limit))
+
+    def on_success(self, latency: float, now: float) -> None:
+        if self.baseline is None or latency < self.baseline:
+            self.baseline = latency
+        else:
+            # Let the baseline drift up slowly so a server that became slower for good
+            # (longer prompts later in the file) is not read as overloaded forever.
+            self.baseline += (latency - self.baseline) * 0.001
+        if self.baseline > 0 and latency > self.latency_factor * self.baseline:
+            self._decrease(now)
+            return
+        self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
+
+    def on_overload(self, now: float) -> None:
+        """A 429/503 or a timeout: the server says it has no room."""
+        self._decrease(now)
+
+    def _decrease(self, now: float) -> None:
+        # One decrease per round trip: the replies of requests sent before the first cut
+        # would otherwise cut the window again for the same congestion.
+        cooldown = self.baseline if self.baseline else 0.0
+        if now - self._last_decrease < max(cooldown, 0.05):
+            return
+        self._last_decrease = now
+        self.limit = max(float(self.min_limit), self.limit * self.decrease_factor)

@@ -1,0 +1,179 @@
+"""Buffers results and commits them as parts; reads committed parts back on restart.
+
+A result is done only once the part holding it is stored (one atomic PUT). Parts are
+committed every `commit_every` results or `commit_interval` seconds, whichever comes first,
+which bounds what a crash can lose (DESIGN §5).
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from openbatch.layout import PartKind, parse_part_name, part_key, shard_prefix
+from openbatch.storage import ObjectStore
+from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage
+from openbatch_runner.bitmap import Bitmap
+from openbatch_runner.outcome import LineResult
+from openbatch_runner.parts import PartSummary, decode_header, encode_part
+
+HEADER_READ_CHUNK = 64 * 1024
+
+
+@dataclass
+class Tally:
+    """Counts over committed results."""
+
+    completed: int = 0
+    failed: int = 0
+    unrun: int = 0
+    usage: UsageTuple = ZERO_USAGE
+    parts: int = 0
+
+    def add(self, summary: PartSummary) -> None:
+        self.completed += summary.completed
+        self.failed += summary.failed
+        self.unrun += summary.unrun
+        self.usage = add_usage(self.usage, summary.usage)
+
+
+@dataclass
+class Committed:
+    """What earlier runs of this shard committed."""
+
+    done: Bitmap = field(default_factory=Bitmap)
+    tally: Tally = field(default_factory=Tally)
+    next_seq: int = 0
+
+
+def read_first_line(store: ObjectStore, key: str) -> bytes:
+    with store.open_read(key) as reader:
+        buf = b""
+        while b"\n" not in buf:
+            chunk = reader.read(HEADER_READ_CHUNK)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.split(b"\n", 1)[0]
+
+
+def scan_committed(store: ObjectStore, work: str, shard: int) -> Committed:
+    """Rebuild the done set and counts from part headers (blocking; run in a thread)."""
+    state = Committed()
+    for key in store.list_keys(shard_prefix(work, shard)):
+        name = parse_part_name(key)
+        if name is None:
+            continue
+        summary = decode_header(read_first_line(store, key))
+        for index in summary.lines:
+            state.done.add(index)
+        state.tally.add(summary)
+        state.tally.parts += 1
+        state.next_seq = max(state.next_seq, name.seq + 1)
+    return state
+
+
+class _Buffer:
+    __slots__ = ("err", "err_summary", "out", "out_summary")
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.out_summary = PartSummary()
+        self.err_summary = PartSummary()
+
+    def __len__(self) -> int:
+        return len(self.out) + len(self.err)
+
+
+class Committer:
+    def __init__(
+        self,
+        store: ObjectStore,
+        work: str,
+        shard: int,
+        run_id: str,
+        committed: Committed,
+        *,
+        commit_every: int,
+        commit_interval: float,
+        on_commit: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._work = work
+        self._shard = shard
+        self._run = run_id
+        self.done = committed.done
+        self.tally = committed.tally
+        self._seq = committed.next_seq
+        self._every = commit_every
+        self._interval = commit_interval
+        self._on_commit = on_commit
+        self._buf = _Buffer()
+        self._lock = asyncio.Lock()
+        self._kick = asyncio.Event()
+        self._committed = asyncio.Event()
+        self._last_commit = time.monotonic()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def add(self, index: int, result: LineResult) -> None:
+        buf = self._buf
+        if result.ok:
+            buf.out.append(result.data)
+            summary = buf.out_summary
+            summary.completed += 1
+        else:
+            buf.err.append(result.data)
+            summary = buf.err_summary
+            if result.unrun:
+                summary.unrun += 1
+            else:
+                summary.failed += 1
+        summary.lines.append(index)
+        if result.usage is not ZERO_USAGE:
+            summary.usage = add_usage(summary.usage, result.usage)
+        if len(buf) >= self._every:
+            self._kick.set()
+
+    async def commit(self) -> None:
+        """Store everything buffered so far as one out part and one err part."""
+        async with self._lock:
+            buf, self._buf = self._buf, _Buffer()
+            self._last_commit = time.monotonic()
+            if not len(buf):
+                return
+            seq = self._seq
+            self._seq += 1
+            # The err part goes first: should we die between the two PUTs, the lines of the
+            # missing out part are simply run again, and nothing is ever counted twice.
+            for kind, lines, summary in (
+                (PartKind.ERR, buf.err, buf.err_summary),
+                (PartKind.OUT, buf.out, buf.out_summary),
+            ):
+                if not lines:
+                    continue
+                key = part_key(self._work, self._shard, kind, seq, self._run)
+                await asyncio.to_thread(self._store.put_bytes, key, encode_part(summary, lines))
+                for index in summary.lines:
+                    self.done.add(index)
+                self.tally.add(summary)
+                self.tally.parts += 1
+            await self._on_commit()
+            self._committed.set()
+            self._committed = asyncio.Event()
+
+    async def wait_committed(self) -> None:
+        await self._committed.wait()
+
+    async def run(self) -> None:
+        """Commit on size (kicked by `add`) or on the interval, until cancelled."""
+        while True:
+            timeout = max(0.0, self._interval - (time.monotonic() - self._last_commit))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), timeout)
+            self._kick.clear()
+            await self.commit()

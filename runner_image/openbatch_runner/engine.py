@@ -1,0 +1,511 @@
+"""The runner's orchestration: validate, dispatch, commit, stop, finalize.
+
+Decisions live in pure modules (retry, aimd, outcome, source); this module wires them to
+storage, the model client, signals and the clock.
+"""
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import orjson
+
+from openbatch.jsonl import iter_lines
+from openbatch.layout import cancel_key, progress_key, validation_key
+from openbatch.lines import LineErrorCode
+from openbatch.progress import InputFingerprint, ProgressRecord, RunState
+from openbatch.routing import endpoint_url
+from openbatch.storage import StorageError, open_uri
+from openbatch.usage import to_batch_usage
+from openbatch.validation import StreamingValidator, ValidationReport
+from openbatch_runner.aimd import AimdController
+from openbatch_runner.client import ModelClient
+from openbatch_runner.committer import Committer, scan_committed
+from openbatch_runner.config import ExitCode, RunConfig
+from openbatch_runner.finalize import finalize
+from openbatch_runner.outcome import Reply, result_line, unrun_line
+from openbatch_runner.progress_view import ProgressView, Snapshot
+from openbatch_runner.retry import AttemptKind, RetryPolicy, backoff_delay, should_retry
+from openbatch_runner.source import shard_lines, take
+from openbatch_runner.window import Window
+
+READ_BATCH = 512
+OVERLOAD_STATUSES = frozenset({429, 503})
+
+
+class StopReason(StrEnum):
+    CANCEL = "cancel"
+    DEADLINE = "deadline"
+    TERM = "term"
+    INTERRUPT = "interrupt"
+
+
+class UsageError(Exception):
+    """A problem with the command itself or its input location: retrying cannot help."""
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.in_store, self.in_key = open_uri(cfg.input)
+        self.work_store, self.work_key = open_uri(cfg.work_dir)
+        self.run_id = os.urandom(4).hex()
+        self.view = ProgressView(cfg.progress, cfg.log_interval)
+        self.stop_reason: StopReason | None = None
+        self.terminated: StopReason | None = None
+        self.stop_event = asyncio.Event()
+        self.rng = random.Random()
+        self.policy = RetryPolicy(
+            max_attempts=cfg.max_attempts,
+            base_delay=cfg.retry_base_delay,
+            max_delay=cfg.retry_max_delay,
+        )
+        self.record = ProgressRecord(
+            state=RunState.VALIDATING, shard=cfg.shard, shards=cfg.shards, started_at=time.time()
+        )
+        self.live_completed = 0
+        self.live_failed = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._urls: list[str] = []
+        self._rr = 0
+        self._unrun_written = 0
+        self.aimd: AimdController | None = None
+        self.window: Window | None = None
+
+    # ----------------------------------------------------------------- entry point
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig, reason in (
+            (signal.SIGTERM, StopReason.TERM),
+            (signal.SIGINT, StopReason.INTERRUPT),
+        ):
+            loop.add_signal_handler(sig, self.request_stop, reason)
+        try:
+            return await self._run()
+        except UsageError as exc:
+            self.view.message(f"error: {exc}")
+            return ExitCode.USAGE
+        except StorageError as exc:
+            self.view.message(f"storage error: {exc}")
+            return ExitCode.USAGE if not exc.transient else ExitCode.INFRASTRUCTURE
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def request_stop(self, reason: StopReason) -> None:
+        # The first stop decides the outcome: a SIGTERM during a cancel does not turn the
+        # cancel into a resume, but it does cut the cancel's remaining work short.
+        if reason in (StopReason.TERM, StopReason.INTERRUPT):
+            self.terminated = reason
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_event.set()
+
+    async def _run(self) -> int:
+        early_exit = await self._prepare()
+        if early_exit is not None:
+            return early_exit
+        committer = await self._open_committer()
+        watchers = [
+            asyncio.create_task(committer.run()),
+            asyncio.create_task(self._watch_cancel()),
+            asyncio.create_task(self._show_progress()),
+        ]
+        deadline_handle = self._arm_deadline()
+        try:
+            exit_code = await self._process(committer)
+        finally:
+            if deadline_handle is not None:
+                deadline_handle.cancel()
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        return exit_code if exit_code is not None else await self._finish()
+
+    async def _prepare(self) -> int | None:
+        """Check the input and the work dir, validate; an exit code means: stop here."""
+        cfg = self.cfg
+        info = await asyncio.to_thread(self.in_store.stat, self.in_key)
+        if info is None:
+            raise UsageError(f"input file {cfg.input} does not exist")
+        fingerprint = InputFingerprint(uri=cfg.input, size=info.size, etag=info.etag)
+        previous = await self._read_progress()
+        if previous is not None:
+            self._check_same_input(previous, fingerprint)
+            if previous.state is RunState.FAILED:
+                return self._report_invalid(previous)
+            if previous.state.terminal:
+                self.record = previous
+                self.view.message(f"shard {cfg.shard} already {previous.state.value}")
+                return await self._finish()
+        self.record.input = fingerprint
+        if previous is not None and previous.model is not None:
+            # Validated by an earlier run of this shard on the very same input.
+            self.record.total = previous.total
+            self.record.model = previous.model
+        else:
+            await self._write_progress()
+            report, shard_total = await asyncio.to_thread(self._validate)
+            if not report.ok:
+                return await self._fail_validation(report)
+            self.record.total = shard_total
+            self.record.model = report.model
+        self._urls = self._resolve_urls()
+        return None
+
+    async def _open_committer(self) -> Committer:
+        cfg = self.cfg
+        committed = await asyncio.to_thread(
+            scan_committed, self.work_store, self.work_key, cfg.shard
+        )
+        committer = Committer(
+            self.work_store,
+            self.work_key,
+            cfg.shard,
+            self.run_id,
+            committed,
+            commit_every=cfg.commit_every,
+            commit_interval=cfg.commit_interval,
+            on_commit=self._write_progress,
+        )
+        self.committer = committer
+        self.live_completed = committer.tally.completed
+        self.live_failed = committer.tally.failed
+        if committer.tally.parts:
+            self.view.message(
+                f"resuming shard {cfg.shard}: {committer.done.count()} of {self.record.total} "
+                f"lines already committed"
+            )
+        self.record.state = RunState.IN_PROGRESS
+        await self._write_progress()
+        return committer
+
+    async def _process(self, committer: Committer) -> int | None:
+        """Run every line, then handle the stop (if any); an exit code means: no finalize."""
+        await self._check_cancel_once()
+        if self.stop_reason is None:
+            await self._dispatch_all()
+        await self._drain()
+        await committer.commit()
+        reason = self.stop_reason
+        if reason in (StopReason.CANCEL, StopReason.DEADLINE) and self.terminated is None:
+            await self._write_unrun(reason)
+        if self.terminated is not None:
+            await committer.commit()
+            self.record.state = RunState.INTERRUPTED
+            await self._write_progress()
+            how = "SIGTERM" if self.terminated is StopReason.TERM else "SIGINT"
+            self.view.message(
+                f"stopped by {how}: committed {committer.done.count()} lines; rerun the same "
+                f"command to resume"
+            )
+            return ExitCode.INTERRUPTED if self.terminated is StopReason.TERM else ExitCode.KEYBOARD
+        if reason is StopReason.CANCEL:
+            # After `cancelling` a batch only ever becomes `cancelled` (contract §3.3).
+            self.record.state = RunState.CANCELLED
+        elif reason is StopReason.DEADLINE and not self._all_ran():
+            self.record.state = RunState.EXPIRED
+        else:
+            # No stop, or every line had run when the deadline came: the batch completed.
+            self.record.state = RunState.COMPLETED
+        await self._write_progress()
+        return None
+
+    # ----------------------------------------------------------------- validation
+    def _validate(self) -> tuple[ValidationReport, int]:
+        cfg = self.cfg
+        known = set(cfg.routing.models) if cfg.routing is not None else None
+        validator = StreamingValidator(cfg.endpoint, limits=cfg.limits, known_models=known)
+        shard_total = 0
+        ordinal = 0
+        with self.in_store.open_read(self.in_key) as reader:
+            for index, line in iter_lines(reader):
+                validator.feed(index, line)
+                if validator.stopped:
+                    break
+                if line.strip():
+                    if ordinal % cfg.shards == cfg.shard:
+                        shard_total += 1
+                    ordinal += 1
+        return validator.finish(), shard_total
+
+    async def _fail_validation(self, report: ValidationReport) -> int:
+        self.record.state = RunState.FAILED
+        self.record.errors = report.to_batch_errors()
+        self.record.error_count = report.error_count
+        self.record.message = f"input failed validation with {report.error_count} error(s)"
+        errors_json = report.to_batch_errors()
+        data = errors_json.model_dump_json().encode() if errors_json is not None else b"null"
+        await asyncio.to_thread(self.work_store.put_bytes, validation_key(self.work_key), data)
+        await self._write_progress()
+        return self._report_invalid(self.record)
+
+    def _report_invalid(self, record: ProgressRecord) -> int:
+        if record.errors is not None:
+            sys.stdout.write(record.errors.model_dump_json() + "\n")
+            sys.stdout.flush()
+        self.view.message(
+            f"input failed validation ({record.error_count} error(s)); nothing was sent to the "
+            f"model server. Errors are stored in {self.cfg.work_dir}"
+        )
+        return ExitCode.INVALID_INPUT
+
+    def _check_same_input(self, previous: ProgressRecord, current: InputFingerprint) -> None:
+        before = previous.input
+        if before is None:
+            return
+        # Local mtimes change on a mere copy; compare content-based ETags only on S3.
+        same = before.size == current.size and (
+            not current.uri.startswith("s3://") or before.etag == current.etag
+        )
+        if not same:
+            raise UsageError(
+                f"the work dir {self.cfg.work_dir} holds results of a different input "
+                f"({before.uri}, {before.size} bytes); use a new --work-dir for a new input"
+            )
+
+    def _resolve_urls(self) -> list[str]:
+        cfg = self.cfg
+        bases: list[str] = list(cfg.base_urls)
+        if cfg.routing is not None and self.record.model is not None:
+            routed = cfg.routing.urls_for(self.record.model)
+            if routed:
+                bases = routed
+        if not bases:
+            raise UsageError(f"no model server for model {self.record.model!r}")
+        return bases
+
+    # ----------------------------------------------------------------- dispatch
+    async def _dispatch_all(self) -> None:
+        cfg = self.cfg
+        committer = self.committer
+        self.aimd = (
+            AimdController(cfg.concurrency, max_limit=cfg.max_concurrency) if cfg.adaptive else None
+        )
+        window = self.window = Window(cfg.concurrency)
+        max_pending = max(4 * cfg.commit_every, 4 * cfg.concurrency)
+        self.client = ModelClient(
+            request_timeout=cfg.request_timeout,
+            api_key=cfg.api_key,
+            max_connections=(cfg.max_concurrency if cfg.adaptive else cfg.concurrency) * 2,
+        )
+        reader = self.in_store.open_read(self.in_key)
+        lines = shard_lines(reader, cfg.shard, cfg.shards, skip=committer.done)
+        try:
+            while self.stop_reason is None:
+                batch = await asyncio.to_thread(take, lines, READ_BATCH)
+                if not batch:
+                    break
+                for index, raw in batch:
+                    while committer.pending >= max_pending and self.stop_reason is None:
+                        await committer.wait_committed()
+                    await window.acquire()
+                    if self.stop_reason is not None:
+                        window.release()
+                        break
+                    task = asyncio.create_task(self._run_line(index, raw))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            await asyncio.to_thread(reader.close)
+
+    async def _drain(self) -> None:
+        """Wait for in-flight lines; after a stop, only for the grace period."""
+        window = self.window
+        if window is not None:
+            idle = asyncio.create_task(window.wait_idle())
+            stop = asyncio.create_task(self.stop_event.wait())
+            await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not idle.done():
+                grace = (
+                    self.cfg.term_grace
+                    if self.stop_reason in (StopReason.TERM, StopReason.INTERRUPT)
+                    else self.cfg.grace_period
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(idle), grace)
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            idle.cancel()
+            stop.cancel()
+            await self.client.close()
+
+    async def _run_line(self, index: int, raw: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            obj = orjson.loads(raw)
+            custom_id: str = obj["custom_id"]
+            body = orjson.dumps(obj["body"])
+            path: str = obj["url"]
+            attempt = 0
+            while True:
+                attempt += 1
+                base = self._urls[self._rr % len(self._urls)]
+                self._rr += 1
+                started = loop.time()
+                reply = await self.client.post(endpoint_url(base, path), body)
+                self._observe(reply, loop.time() - started, loop.time())
+                if should_retry(reply.kind, reply.status, attempt, self.policy):
+                    if self.stop_reason is not None:
+                        return  # not finished: resumed later, or written as unrun
+                    delay = backoff_delay(attempt, self.policy, reply.retry_after, self.rng)
+                    try:
+                        await asyncio.wait_for(self.stop_event.wait(), delay)
+                        return
+                    except TimeoutError:
+                        continue
+                result = result_line(custom_id, reply, attempt)
+                if result.ok:
+                    self.live_completed += 1
+                else:
+                    self.live_failed += 1
+                self.committer.add(index, result)
+                return
+        finally:
+            if self.window is not None:
+                self.window.release()
+
+    def _observe(self, reply: Reply, latency: float, now: float) -> None:
+        aimd = self.aimd
+        if aimd is None:
+            return
+        if reply.kind is AttemptKind.OK:
+            aimd.on_success(latency, now)
+        elif reply.kind is AttemptKind.TIMEOUT or (
+            reply.kind is AttemptKind.HTTP_ERROR and reply.status in OVERLOAD_STATUSES
+        ):
+            aimd.on_overload(now)
+        else:
+            return
+        if self.window is not None:
+            self.window.set_limit(aimd.window)
+
+    # ----------------------------------------------------------------- stops
+    def _arm_deadline(self) -> asyncio.TimerHandle | None:
+        if self.cfg.deadline is None:
+            return None
+        remaining = (self.cfg.deadline - datetime.now(UTC)).total_seconds()
+        loop = asyncio.get_running_loop()
+        if remaining <= 0:
+            self.request_stop(StopReason.DEADLINE)
+            return None
+        return loop.call_later(remaining, self.request_stop, StopReason.DEADLINE)
+
+    async def _check_cancel_once(self) -> None:
+        if await asyncio.to_thread(self.work_store.exists, cancel_key(self.work_key)):
+            self.request_stop(StopReason.CANCEL)
+
+    async def _watch_cancel(self) -> None:
+        while self.stop_reason is None:
+            await asyncio.sleep(self.cfg.poll_interval)
+            try:
+                await self._check_cancel_once()
+            except StorageError as exc:
+                # A storage hiccup must not kill a healthy run; the next poll tries again.
+                self.view.message(f"cancel check failed, will retry: {exc}")
+
+    async def _write_unrun(self, reason: StopReason) -> None:
+        code = (
+            LineErrorCode.BATCH_CANCELLED
+            if reason is StopReason.CANCEL
+            else LineErrorCode.BATCH_EXPIRED
+        )
+        committer = self.committer
+        reader = self.in_store.open_read(self.in_key)
+        lines = shard_lines(reader, self.cfg.shard, self.cfg.shards, skip=committer.done)
+        written = 0
+        try:
+            while self.terminated is None:
+                batch = await asyncio.to_thread(take, lines, READ_BATCH * 4)
+                if not batch:
+                    break
+                for index, raw in batch:
+                    committer.add(index, unrun_line(_custom_id(raw), code))
+                    written += 1
+                if committer.pending >= self.cfg.commit_every:
+                    await committer.commit()
+            await committer.commit()
+        finally:
+            await asyncio.to_thread(reader.close)
+        self._unrun_written = written
+        label = "cancelled" if reason is StopReason.CANCEL else "expired"
+        self.view.message(f"batch {label}: {written} line(s) never ran and were written as {code}")
+
+    def _all_ran(self) -> bool:
+        return self._unrun_written == 0 and self.committer.tally.unrun == 0
+
+    # ----------------------------------------------------------------- progress
+    async def _read_progress(self) -> ProgressRecord | None:
+        key = progress_key(self.work_key, self.cfg.shard)
+        if not await asyncio.to_thread(self.work_store.exists, key):
+            return None
+        data = await asyncio.to_thread(self.work_store.read_bytes, key)
+        return ProgressRecord.model_validate_json(data)
+
+    async def _write_progress(self) -> None:
+        committer: Committer | None = getattr(self, "committer", None)
+        record = self.record
+        if committer is not None:
+            tally = committer.tally
+            record.completed = tally.completed
+            record.failed = tally.failed
+            record.unrun = tally.unrun
+            record.usage = to_batch_usage(tally.usage)
+            record.parts = tally.parts
+        record.updated_at = time.time()
+        data = record.model_dump_json().encode()
+        await asyncio.to_thread(
+            self.work_store.put_bytes, progress_key(self.work_key, self.cfg.shard), data
+        )
+
+    async def _show_progress(self) -> None:
+        while True:
+            await asyncio.sleep(self.view.interval)
+            window = self.window
+            self.view.update(
+                Snapshot(
+                    total=self.record.total,
+                    completed=self.live_completed,
+                    failed=self.live_failed,
+                    in_flight=window.in_flight if window is not None else 0,
+                    window=window.limit if window is not None else self.cfg.concurrency,
+                )
+            )
+
+    async def _finish(self) -> int:
+        record = self.record
+        if not self.cfg.finalize or self.cfg.shards > 1:
+            self.view.message(
+                f"shard {self.cfg.shard}/{self.cfg.shards} {record.state.value}: "
+                f"completed={record.completed} failed={record.failed} unrun={record.unrun}"
+            )
+            return ExitCode.DONE
+        result = await asyncio.to_thread(
+            finalize,
+            self.cfg.work_dir,
+            self.cfg.shards,
+            self.cfg.output,
+            self.cfg.errors,
+        )
+        usage = result.usage
+        self.view.message(
+            f"{result.state.value}: {result.total} requests, completed={result.completed} "
+            f"failed={result.failed} not run={result.unrun}; tokens in={usage.input_tokens} "
+            f"out={usage.output_tokens} total={usage.total_tokens}; "
+            f"elapsed {time.time() - (record.started_at or time.time()):.1f}s"
+        )
+        self.view.message(f"output: {result.output_uri or '(none: no request succeeded)'}")
+        self.view.message(f"errors: {result.error_uri or '(none: no request failed)'}")
+        return ExitCode.DONE
+
+
+def _custom_id(raw: bytes) -> str:
+    value = orjson.loads(raw)["custom_id"]
+    return value if isinstance(value, str) else str(value)
