@@ -16,6 +16,7 @@ from openbatch.endpoints import Endpoint
 from openbatch.routing import RoutingTable, check_base_url, parse_routing_table
 from openbatch.storage import StorageError, open_uri
 from openbatch.validation import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, ValidationLimits
+from openbatch_runner.client import ClientKind
 from openbatch_runner.config import ExitCode, ProgressMode, RunConfig
 
 
@@ -194,6 +195,12 @@ def build_run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-base-delay", type=_positive_float, default=0.5, help=argparse.SUPPRESS)
     p.add_argument("--retry-max-delay", type=_positive_float, default=30.0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--http-client",
+        choices=[k.value for k in ClientKind],
+        default=ClientKind.AIOHTTP.value,
+        help=argparse.SUPPRESS,  # for benchmark B1; the default is the measured winner
+    )
     return p
 
 
@@ -240,6 +247,7 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         finalize=not args.no_finalize and shards == 1,
         retry_base_delay=args.retry_base_delay,
         retry_max_delay=args.retry_max_delay,
+        http_client=ClientKind(args.http_client),
     )
 
 

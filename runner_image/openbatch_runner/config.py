@@ -6,6 +6,7 @@ from enum import StrEnum
 
 from openbatch.routing import RoutingTable
 from openbatch.validation import ValidationLimits
+from openbatch_runner.client import ClientKind
 
 
 class ProgressMode(StrEnum):
@@ -44,6 +45,7 @@ class RunConfig:
     finalize: bool = True
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
+    http_client: ClientKind = ClientKind.AIOHTTP
 
 
 class ExitCode:

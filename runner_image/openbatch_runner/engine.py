@@ -25,7 +25,7 @@ from openbatch.storage import StorageError, open_uri
 from openbatch.usage import to_batch_usage
 from openbatch.validation import StreamingValidator, ValidationReport
 from openbatch_runner.aimd import AimdController
-from openbatch_runner.client import ModelClient
+from openbatch_runner.client import ModelClient, make_client
 from openbatch_runner.committer import Committer, scan_committed
 from openbatch_runner.config import ExitCode, RunConfig
 from openbatch_runner.finalize import finalize
@@ -290,7 +290,8 @@ class Runner:
         )
         window = self.window = Window(cfg.concurrency)
         max_pending = max(4 * cfg.commit_every, 4 * cfg.concurrency)
-        self.client = ModelClient(
+        self.client: ModelClient = make_client(
+            cfg.http_client,
             request_timeout=cfg.request_timeout,
             api_key=cfg.api_key,
             max_connections=(cfg.max_concurrency if cfg.adaptive else cfg.concurrency) * 2,

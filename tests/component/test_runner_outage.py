@@ -1,0 +1,69 @@
+"""The runner survives an S3 outage of a few seconds in the middle of a run."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.fixtures.model_sim import ModelSimFactory
+from tests.fixtures.s3 import SeaweedServer, unique_bucket_name
+from tests.runner_support import (
+    assert_exactly_once,
+    chat_line,
+    committed_lines,
+    final_result,
+    jsonl,
+    parse_lines,
+    read_uri,
+    run_args,
+    start_openbatch,
+    wait_for,
+    write_uri,
+)
+
+OUTAGE_SECONDS = 3.0  # the outage itself is what is being tested, so its length is fixed
+
+
+def test_s3_outage_mid_run(
+    seaweed_outage: SeaweedServer,
+    model_sim_factory: ModelSimFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = seaweed_outage.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bucket = seaweed_outage.make_bucket(unique_bucket_name())
+    root = f"s3://{bucket}/outage"
+    sim = model_sim_factory(slots=8, service_time=0.01)
+    n = 2500
+    write_uri(f"{root}/input.jsonl", jsonl(chat_line(i) for i in range(n)))
+    args = run_args(
+        f"{root}/input.jsonl",
+        f"{root}/output.jsonl",
+        f"{root}/work",
+        [sim.base_url],
+        "--concurrency",
+        "8",
+        "--commit-every",
+        "100",
+        "--commit-interval",
+        "0.2",
+    )
+    proc = start_openbatch(args, env=env)
+    wait_for(lambda: committed_lines(f"{root}/work") >= 300, 60, "300 committed lines")
+    seaweed_outage.stop()
+    down_at = time.monotonic()
+    time.sleep(OUTAGE_SECONDS)
+    requests_during_outage = sim.stats()["requests"]
+    seaweed_outage.start()
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    assert time.monotonic() - down_at >= OUTAGE_SECONDS
+    out = parse_lines(read_uri(f"{root}/output.jsonl"))
+    err = parse_lines(read_uri(f"{root}/errors.jsonl"))
+    assert_exactly_once({f"req-{i}" for i in range(n)}, out, err)
+    assert len(out) == n
+    assert final_result(f"{root}/work").completed == n
+    # The outage held the run up; it did not finish without storage.
+    assert requests_during_outage < n
