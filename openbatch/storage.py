@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import random
 import re
@@ -50,6 +51,7 @@ __all__ = [
     "ObjectNotFound",
     "ObjectReader",
     "ObjectStore",
+    "S3ObjectReader",
     "S3Store",
     "StorageError",
     "join_key",
@@ -70,6 +72,8 @@ _BACKOFF_MAX = 2.0
 
 _T = TypeVar("_T")
 
+_log = logging.getLogger(__name__)
+
 
 # --------------------------------------------------------------------------- errors & types
 
@@ -87,7 +91,7 @@ class StorageError(Exception):
         self.transient = transient
 
 
-class ObjectNotFound(StorageError):  # noqa: N818  # the name is public API
+class ObjectNotFound(StorageError):
     """The object does not exist."""
 
     def __init__(self, message: str) -> None:
@@ -606,6 +610,20 @@ class S3Store:
             )
         return StorageError(f"{op} {where} failed: {exc}")
 
+    def _pause(
+        self, op: str, key: str | None, attempt: int, deadline: float, exc: BaseException
+    ) -> None:
+        delay = min(_backoff(attempt), max(0.0, deadline - time.monotonic()))
+        _log.warning(
+            "%s %s: transient failure (attempt %d), retrying in %.2fs: %s",
+            op,
+            self._where(key),
+            attempt + 1,
+            delay,
+            exc,
+        )
+        time.sleep(delay)
+
     def _retrying(self, op: str, key: str | None, fn: Callable[[], _T]) -> _T:
         """Run `fn`, retrying transient store errors until `retry_seconds` have passed."""
         start = time.monotonic()
@@ -625,7 +643,7 @@ class S3Store:
                         f"{self.settings.retry_seconds:g}): {exc}",
                         transient=True,
                     ) from exc
-                time.sleep(min(_backoff(attempt), deadline - now))
+                self._pause(op, key, attempt, deadline, exc)
                 attempt += 1
 
     def _require_key(self, key: str) -> None:
@@ -683,7 +701,7 @@ class S3Store:
         self._require_key(key)
         if offset < 0:
             raise ValueError(f"negative offset {offset}")
-        return _S3Reader(self, key, offset)
+        return S3ObjectReader(self, key, offset)
 
     def read_bytes(self, key: str) -> bytes:
         with self.open_read(key) as reader:
@@ -756,7 +774,7 @@ class S3Store:
                         f"re-create the data and retry: {exc}",
                         transient=True,
                     ) from exc
-                time.sleep(min(_backoff(attempt), deadline - now))
+                self._pause("put", key, attempt, deadline, exc)
                 attempt += 1
 
     def list_keys(self, prefix: str) -> list[str]:
@@ -784,10 +802,14 @@ class S3Store:
         self._retrying("delete", key, remove)
 
 
-class _S3Reader(ObjectReader):
-    """Streams one object; on a broken connection reopens it at the current offset."""
+class S3ObjectReader(ObjectReader):
+    """Streams one object; on a broken connection reopens it at the current offset.
+
+    `reconnects` counts those reopenings (for logs and tests).
+    """
 
     def __init__(self, store: S3Store, key: str, offset: int) -> None:
+        self.reconnects = 0
         self._store = store
         self._key = key
         self._offset = offset
@@ -880,6 +902,7 @@ class _S3Reader(ObjectReader):
                         transient=True,
                     ) from last
             if self._response is None:
+                self.reconnects += 1
                 self._open()  # retries on its own; raises when the store stays away
                 continue
             try:
@@ -889,6 +912,12 @@ class _S3Reader(ObjectReader):
                     self._drop()
                     raise self._store._permanent("read", self._key, exc) from exc
                 self._drop()
+                _log.warning(
+                    "read %s: connection broke at offset %d, reopening: %s",
+                    self._store._where(self._key),
+                    self._offset,
+                    exc,
+                )
                 failing_since = failing_since or time.monotonic()
                 last = exc
                 continue

@@ -147,6 +147,5 @@ def assert_exactly_once(
 ) -> None:
     ids = [line.custom_id for line in output] + [line.custom_id for line in errors]
     assert len(ids) == len(set(ids)), "a custom_id appears more than once"
-    assert set(ids) == expected_ids, (
-        f"missing {sorted(expected_ids - set(ids))[:5]}, extra {sorted(set(ids) - expected_ids)[:5]}"
-    )
+    missing, extra = sorted(expected_ids - set(ids))[:5], sorted(set(ids) - expected_ids)[:5]
+    assert set(ids) == expected_ids, f"missing {missing}, extra {extra}"

@@ -25,6 +25,7 @@ class ModelClient(Protocol):
 
 class ClientKind(StrEnum):
     AIOHTTP = "aiohttp"
+    RAW = "raw"
 
 
 def ok_reply(status: int, raw: bytes, header: HeaderGetter) -> Reply:
@@ -73,6 +74,12 @@ def error_reply(status: int, raw: bytes, header: HeaderGetter) -> Reply:
 def make_client(
     kind: ClientKind, *, request_timeout: float, api_key: str | None, max_connections: int
 ) -> ModelClient:
+    if kind is ClientKind.RAW:
+        from openbatch_runner.http_raw import RawHttpClient
+
+        return RawHttpClient(
+            request_timeout=request_timeout, api_key=api_key, max_connections=max_connections
+        )
     from openbatch_runner.http_aiohttp import AiohttpClient
 
     return AiohttpClient(

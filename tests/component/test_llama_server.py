@@ -250,7 +250,8 @@ def test_start_and_stop(tiny_gguf: Path, tmp_path: Path, embedding: bool) -> Non
         assert models["data"][0]["id"] == "other"
         assert models["data"][0]["meta"]["n_ctx"] == 256
     finally:
-        assert handle.stop() == 0  # SIGTERM is a clean shutdown
+        code = handle.stop()
+    assert code == 0, log.read_text()[-3000:]  # SIGTERM is a clean shutdown
     assert handle.stop() == 0  # idempotent
     assert "llama_server: stopped" in log.read_text()
     with pytest.raises(urllib.error.URLError):
@@ -262,3 +263,36 @@ def test_start_failure_reports_the_log(tmp_path: Path) -> None:
     bad.write_bytes(b"not a gguf file")
     with pytest.raises(RuntimeError, match="failed to start"):
         start_llama_server(bad, log_path=tmp_path / "bad.log")
+
+
+def _wait_until_processing(handle: LlamaHandle, deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        _, _, slots = _request(handle.root_url + "/slots")
+        if any(slot["is_processing"] for slot in slots):
+            return
+        time.sleep(0.01)
+    raise TimeoutError("no slot started processing")
+
+
+@pytest.mark.parametrize(("how", "exit_code"), [("stop", 1), ("kill", -9)])
+def test_shutdown_drops_requests_in_flight(
+    tiny_gguf: Path, tmp_path: Path, how: str, exit_code: int
+) -> None:
+    # llama.cpp abandons in-flight work on SIGTERM (as on a crash): the client sees the
+    # connection close without a response, so the runner must retry such requests.
+    handle = start_llama_server(tiny_gguf, parallel=1, ctx=4096, log_path=tmp_path / "s.log")
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # ~4000 tokens take seconds: certainly still running when we stop.
+            reply = pool.submit(
+                _request, handle.base_url + "/chat/completions", _chat(max_tokens=4000)
+            )
+            _wait_until_processing(handle)
+            start = time.monotonic()
+            assert (handle.stop() if how == "stop" else handle.kill()) == exit_code
+            assert time.monotonic() - start < 5.0
+            with pytest.raises(OSError):  # RemoteDisconnected / ConnectionResetError
+                reply.result(timeout=_TIMEOUT_S)
+    finally:
+        handle.kill()

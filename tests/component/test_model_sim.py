@@ -39,7 +39,9 @@ def shared_sim() -> Iterator[SimHandle]:
     # One process for most tests keeps the file fast; `sim` restores it before each test.
     handle = start_model_sim()
     yield handle
-    handle.stop()
+    # Drops, hangs and cancelled handlers must not log tracebacks.
+    assert handle.stderr_text() == ""
+    assert handle.stop() == 0
 
 
 @pytest.fixture

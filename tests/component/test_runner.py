@@ -265,7 +265,7 @@ def test_requests_spread_over_several_servers(
     local: Place, model_sim_factory: ModelSimFactory
 ) -> None:
     a, b = model_sim_factory(), model_sim_factory()
-    _, ids = make_batch(local, 200)
+    make_batch(local, 200)
     args = run_args(
         local.uri("input.jsonl"), local.uri("output.jsonl"), local.uri("work"), [a.base_url]
     )
@@ -275,9 +275,7 @@ def test_requests_spread_over_several_servers(
     assert a.stats()["requests"] + b.stats()["requests"] == 200
 
 
-def test_window_bounds_requests_in_flight(
-    local: Place, model_sim_factory: ModelSimFactory
-) -> None:
+def test_window_bounds_requests_in_flight(local: Place, model_sim_factory: ModelSimFactory) -> None:
     sim = model_sim_factory(slots=64, service_time=0.02)
     make_batch(local, 300)
     proc = run(local, sim, "--concurrency", "5")
@@ -321,7 +319,7 @@ def test_cancel_marker(local: Place, model_sim_factory: ModelSimFactory) -> None
     proc = start_openbatch(args)
     _wait_progress(local.uri("work"), 20)
     write_uri(local.uri("work/cancel"), b"")
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     out, err = outputs(local)
     assert_exactly_once(ids, out, err)
@@ -349,9 +347,7 @@ def test_deadline_expires_unrun_lines(local: Place, model_sim_factory: ModelSimF
     sim = model_sim_factory(slots=2, service_time=0.05)
     _, ids = make_batch(local, 300)
     deadline = (datetime.now(UTC) + timedelta(seconds=2)).isoformat().replace("+00:00", "Z")
-    proc = run(
-        local, sim, "--deadline", deadline, "--concurrency", "2", "--grace-period", "1"
-    )
+    proc = run(local, sim, "--deadline", deadline, "--concurrency", "2", "--grace-period", "1")
     assert proc.returncode == 0, proc.stderr
     out, err = outputs(local)
     assert_exactly_once(ids, out, err)
@@ -411,20 +407,19 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
         "0.2",
     )
     rng = random.Random(int(os.environ.get("OPENBATCH_TEST_SEED", "42")))
-    kills = 0
-    while kills < 5:
+    for _ in range(5):
         proc = start_openbatch(args, env=place.env)
         target = committed_lines(place.uri("work")) + rng.randint(20, 400)
+
+        def reached(target: int = target, proc: Any = proc) -> bool:
+            return committed_lines(place.uri("work")) >= target or proc.poll() is not None
+
         try:
-            wait_for(
-                lambda: committed_lines(place.uri("work")) >= target or proc.poll() is not None,
-                60,
-                "progress before the kill",
-            )
+            wait_for(reached, 60, "progress before the kill")
+            assert proc.poll() is None, "the run ended before it could be killed"
         finally:
             proc.kill()  # SIGKILL: no chance to commit anything
             proc.communicate()
-        kills += 1
     final = run_openbatch(args, env=place.env)
     assert final.returncode == 0, final.stderr
     out, err = outputs(place)
@@ -436,9 +431,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     assert sim.stats()["requests"] >= 3000
 
 
-def test_shards_join_to_the_same_result_as_one_run(
-    place: Place, model_sim: SimHandle
-) -> None:
+def test_shards_join_to_the_same_result_as_one_run(place: Place, model_sim: SimHandle) -> None:
     _, ids = make_batch(place, 500)
     single = run_args(
         place.uri("input.jsonl"), place.uri("single.jsonl"), place.uri("w1"), [model_sim.base_url]
@@ -484,8 +477,7 @@ def test_shards_join_to_the_same_result_as_one_run(
 
     def contents(lines: list[Any]) -> dict[str, Any]:
         return {
-            line.custom_id: line.response.body["choices"][0]["message"]["content"]
-            for line in lines
+            line.custom_id: line.response.body["choices"][0]["message"]["content"] for line in lines
         }
 
     assert contents(one) == contents(three)
@@ -504,8 +496,10 @@ def test_finalize_refuses_unfinished_shards(local: Place, model_sim: SimHandle) 
     )
     assert run_openbatch(shard0).returncode == 0
     fin = run_openbatch(
-        ["finalize", "--work-dir", local.uri("w"), "--shards", "2"]
-        + ["--output", local.uri("o.jsonl"), "--errors", local.uri("e.jsonl")]
+        [
+            *["finalize", "--work-dir", local.uri("w"), "--shards", "2"],
+            *["--output", local.uri("o.jsonl"), "--errors", local.uri("e.jsonl")],
+        ]
     )
     assert fin.returncode == 1 and "shard 1 of 2 has not started" in fin.stderr
     assert read_uri(local.uri("o.jsonl")) is None

@@ -3,7 +3,9 @@
 xllamacpp embeds llama.cpp's C++ server in-process but has no command line, so this
 launcher fills its ``CommonParams``, starts the server, waits for ``GET /health`` to
 answer 200, prints exactly one line ``READY http://HOST:PORT`` to stdout and serves
-until SIGTERM or SIGINT (or until its parent process dies), then shuts down cleanly.
+until SIGTERM or SIGINT (or until its parent process dies), then shuts down: exit code
+0 when llama.cpp stopped cleanly, 1 when requests still in flight kept it from stopping
+within ``--shutdown-timeout`` (their clients then see the connection close).
 
     python -m tests.fakes.llama_server --model tiny.gguf --port 0 --parallel 4
 
@@ -13,6 +15,7 @@ Everything llama.cpp logs goes to stderr: stdout carries only the READY line.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import socket
@@ -103,6 +106,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--alias", default="tiny", help="model name the server reports")
     parser.add_argument("--embedding", action="store_true", help="serve /v1/embeddings")
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=2.0,
+        help="seconds to wait for llama.cpp to stop before exiting hard (code 1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -139,9 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("llama_server: parent exited, stopping", file=sys.stderr, flush=True)
                 break
     finally:
+        # llama.cpp abandons in-flight requests on shutdown, but their HTTP handlers keep
+        # waiting for results while the client stays connected, so the join below can
+        # hang (real llama-server hangs the same way). faulthandler's watchdog is a C
+        # thread, so it fires even though ~Server blocks while holding the GIL: it dumps
+        # the stack to stderr and exits with code 1, closing those connections.
+        faulthandler.dump_traceback_later(args.shutdown_timeout, exit=True)
         # Dropping the last reference runs ~Server: it terminates llama.cpp's main
         # loop, stops the HTTP listener and joins the server thread.
         del server
+        faulthandler.cancel_dump_traceback_later()
     print("llama_server: stopped", file=sys.stderr, flush=True)
     return 0
 

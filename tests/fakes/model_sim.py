@@ -236,6 +236,7 @@ class ModelSim:
         # Random per process so that ids from restarted simulators do not collide.
         self._id_prefix = os.urandom(6).hex()
         self._counter = 0
+        self._closing = asyncio.Event()
         self.app = self._make_app()
 
     # ---- configuration -------------------------------------------------------------
@@ -248,6 +249,10 @@ class ModelSim:
             self._fault_rng.seed(self.config.seed)
             self._jitter_rng.seed(self.config.seed + 1)
         self._apply_config()
+
+    def close(self) -> None:
+        """Release hung requests so that shutdown need not wait for them."""
+        self._closing.set()
 
     def reset(self) -> None:
         """Zero the counters and per-key attempts; requests in flight stay counted."""
@@ -445,7 +450,12 @@ class ModelSim:
             # Hanging outside the slots keeps a hung request from starving the others,
             # like a stalled proxy in front of a healthy server.
             self.stats.hung += 1
-            await asyncio.sleep(hang_seconds)
+            try:
+                await asyncio.wait_for(self._closing.wait(), hang_seconds)
+            except TimeoutError:
+                return None
+            # Shutting down: a hung request ends as a dropped connection, not a late answer.
+            raise _DropConnectionError
         return None
 
     def _directive(self, x_sim: Any) -> tuple[str | None, float | None, float | None, float | None]:
@@ -907,6 +917,7 @@ async def _run(config: SimConfig, host: str, port: int, exit_on_stdin_eof: bool)
     try:
         await stop.wait()
     finally:
+        sim.close()
         await runner.cleanup()
 
 
@@ -958,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, absent on some platforms
+        import uvloop  # optional speed-up, absent on some platforms
     except ImportError:
         asyncio.run(_run(config, args.host, args.port, args.exit_on_stdin_eof))
     else:

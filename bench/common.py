@@ -1,0 +1,79 @@
+"""Shared pieces of the benchmarks: input generation and measuring one child process.
+
+Benchmarks print ratios measured in one run and peak RSS; they never assert times.
+CPU time and peak RSS come from `os.wait4` on the measured process alone, so the simulator
+sharing the machine does not blur them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # `tests.fixtures.model_sim` starts the simulator
+
+
+@dataclass
+class Measured:
+    returncode: int
+    wall: float
+    user: float
+    sys: float
+    max_rss_mb: float
+    stderr: str
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+
+def write_chat_input(path: Path, n: int, content_bytes: int = 40, model: str = "bench") -> int:
+    """N chat lines; `content_bytes` pads the prompt (≈1 KB lines for the memory benchmark)."""
+    pad = "x" * max(0, content_bytes - 20)
+    with path.open("wb") as f:
+        for i in range(n):
+            line = {
+                "custom_id": f"req-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": model,
+                    "messages": [{"role": "user", "content": f"request {i} {pad}"}],
+                    "max_tokens": 8,
+                },
+            }
+            f.write(orjson.dumps(line) + b"\n")
+    return path.stat().st_size
+
+
+def measure(argv: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Run `argv` to completion and return its own CPU time and peak RSS."""
+    err_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-stderr-{os.getpid()}.txt"
+    with err_path.open("w+") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read()
+    err_path.unlink(missing_ok=True)
+    return Measured(
+        returncode=proc.returncode,
+        wall=wall,
+        user=usage.ru_utime,
+        sys=usage.ru_stime,
+        max_rss_mb=usage.ru_maxrss / 1024,
+        stderr=text,
+    )
+
+
+def openbatch_argv(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "openbatch"), *args]

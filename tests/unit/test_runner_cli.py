@@ -1,0 +1,122 @@
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from openbatch_runner.cli import default_errors, default_output, parse_run_args
+from openbatch_runner.config import ProgressMode
+from openbatch_runner.progress_view import ProgressView, Snapshot, format_duration, render_bar
+
+
+def test_defaults_derive_outputs_from_the_input() -> None:
+    cfg = parse_run_args(["data/in.jsonl", "--base-url", "http://h:8000/v1"])
+    assert cfg.output == "data/in.output.jsonl"
+    assert cfg.errors == "data/in.errors.jsonl"
+    assert cfg.work_dir == "data/in.output.jsonl.work"
+    assert (cfg.shard, cfg.shards, cfg.finalize) == (0, 1, True)
+    assert (cfg.concurrency, cfg.max_attempts, cfg.adaptive) == (64, 5, False)
+    assert cfg.endpoint == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("output", "errors"),
+    [
+        ("s3://b/out.jsonl", "s3://b/out.errors.jsonl"),
+        ("s3://b/run.output.jsonl", "s3://b/run.errors.jsonl"),
+        ("results", "results.errors.jsonl"),
+    ],
+)
+def test_default_errors(output: str, errors: str) -> None:
+    assert default_errors(output) == errors
+
+
+def test_default_output_without_jsonl_suffix() -> None:
+    assert default_output("s3://b/batch") == "s3://b/batch.output.jsonl"
+
+
+def test_every_option_is_parsed() -> None:
+    cfg = parse_run_args(
+        [
+            *["in.jsonl", "--base-url", "http://a/v1", "--base-url", "http://b:1"],
+            *["--output", "o.jsonl", "--errors", "e.jsonl", "--work-dir", "w"],
+            *["--endpoint", "/v1/embeddings", "--concurrency", "8", "--adaptive"],
+            *["--max-concurrency", "99", "--max-attempts", "2", "--request-timeout", "1.5"],
+            *["--deadline", "2030-01-02T03:04:05Z", "--shard", "1/4", "--api-key", "k"],
+            *["--commit-every", "10", "--commit-interval", "0.5", "--max-lines", "7"],
+            *["--max-bytes", "100", "--poll-interval", "0.1", "--grace-period", "3"],
+            *["--term-grace", "4", "--progress", "bar", "--log-interval", "2"],
+        ]
+    )
+    assert cfg.base_urls == ("http://a/v1", "http://b:1")
+    assert (cfg.output, cfg.errors, cfg.work_dir) == ("o.jsonl", "e.jsonl", "w")
+    assert cfg.endpoint == "/v1/embeddings"
+    assert (cfg.concurrency, cfg.adaptive, cfg.max_concurrency) == (8, True, 99)
+    assert (cfg.max_attempts, cfg.request_timeout) == (2, 1.5)
+    assert cfg.deadline == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert (cfg.shard, cfg.shards, cfg.finalize) == (1, 4, False)  # shards never finalize
+    assert cfg.api_key == "k"
+    assert (cfg.commit_every, cfg.commit_interval) == (10, 0.5)
+    assert (cfg.limits.max_lines, cfg.limits.max_bytes) == (7, 100)
+    assert (cfg.poll_interval, cfg.grace_period, cfg.term_grace) == (0.1, 3, 4)
+    assert (cfg.progress, cfg.log_interval) == (ProgressMode.BAR, 2)
+
+
+def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENBATCH_API_KEY", "secret")
+    assert parse_run_args(["in.jsonl", "--base-url", "http://a"]).api_key == "secret"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["in.jsonl"],  # no server
+        ["in.jsonl", "--base-url", "ftp://x"],
+        ["in.jsonl", "--base-url", "http://a", "--shard", "2/2"],
+        ["in.jsonl", "--base-url", "http://a", "--shard", "x"],
+        ["in.jsonl", "--base-url", "http://a", "--deadline", "tomorrow"],
+        ["in.jsonl", "--base-url", "http://a", "--deadline", "2030-01-01T00:00:00"],  # no zone
+        ["in.jsonl", "--base-url", "http://a", "--concurrency", "0"],
+        ["in.jsonl", "--base-url", "http://a", "--request-timeout", "-1"],
+    ],
+)
+def test_bad_options_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_run_args(argv)
+
+
+def test_routing_table_file(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text('{"models": {"a": "http://x/v1"}}')
+    cfg = parse_run_args(["in.jsonl", "--models", str(tmp_path / "m.json")])
+    assert cfg.routing is not None and cfg.routing.urls_for("a") == ["http://x/v1"]
+    (tmp_path / "bad.json").write_text('{"models": {"a": []}}')
+    with pytest.raises(SystemExit, match="routing table"):
+        parse_run_args(["in.jsonl", "--models", str(tmp_path / "bad.json")])
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_bar_on_a_terminal_and_log_lines_elsewhere() -> None:
+    tty = _Tty()
+    view = ProgressView(ProgressMode.AUTO, 10, tty)
+    assert view.mode is ProgressMode.BAR and view.interval == 0.5
+    view.update(Snapshot(total=200, completed=50, failed=2, in_flight=8, window=8))
+    assert "\r" in tty.getvalue() and "ok 50 failed 2" in tty.getvalue()
+    view.message("done")
+    assert tty.getvalue().endswith("\nopenbatch: done\n")  # the bar line is ended first
+
+    pipe = io.StringIO()
+    view = ProgressView(ProgressMode.AUTO, 7, pipe)
+    assert view.mode is ProgressMode.LOG and view.interval == 7
+    view.update(Snapshot(total=10, completed=5, failed=0, in_flight=1, window=4))
+    assert pipe.getvalue().startswith("openbatch: progress 5/10 (50.0%) completed=5 failed=0")
+
+
+def test_bar_rendering() -> None:
+    line = render_bar(Snapshot(total=1000, completed=400, failed=100, in_flight=3, window=9), 50)
+    assert line.startswith("[############............]  50.0% 500/1,000")
+    assert "50 req/s" in line and "ETA 0:10" in line and "in flight 3/9" in line
+    assert format_duration(3725) == "1:02:05"
