@@ -64,12 +64,13 @@ def main() -> None:
             if m.returncode != 0:
                 sys.exit(f"runner ({client}) failed: {m.stderr[-2000:]}")
             results[f"openbatch run ({client})"] = m
-        if not args.skip_baseline:
+        if args.baseline_n > 0:
+            write_chat_input(work / "in-baseline.jsonl", args.baseline_n)
             m = measure(
                 [
                     sys.executable,
                     str(Path(__file__).parent / "openai_baseline.py"),
-                    str(work / "in.jsonl"),
+                    str(work / "in-baseline.jsonl"),
                     str(work / "out-openai.jsonl"),
                     sim.base_url,
                     str(args.concurrency),

@@ -35,15 +35,13 @@ class S3Settings(BaseSettings):
         ),
     )
     access_key: str = Field(
-        validation_alias=AliasChoices("access_key", "OPENBATCH_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
+        validation_alias=AliasChoices("OPENBATCH_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
         description=(
             "Access key ID. Env: OPENBATCH_S3_ACCESS_KEY, else AWS_ACCESS_KEY_ID. Required."
         ),
     )
     secret_key: str = Field(
-        validation_alias=AliasChoices(
-            "secret_key", "OPENBATCH_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"
-        ),
+        validation_alias=AliasChoices("OPENBATCH_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
         # Keep the secret out of reprs, logs and tracebacks.
         repr=False,
         description=(

@@ -198,7 +198,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--http-client",
         choices=[k.value for k in ClientKind],
-        default=ClientKind.AIOHTTP.value,
+        default=ClientKind.RAW.value,
         help=argparse.SUPPRESS,  # for benchmark B1; the default is the measured winner
     )
     return p

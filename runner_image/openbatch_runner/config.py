@@ -45,7 +45,7 @@ class RunConfig:
     finalize: bool = True
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
-    http_client: ClientKind = ClientKind.AIOHTTP
+    http_client: ClientKind = ClientKind.RAW  # B1: a third of aiohttp's CPU per request
 
 
 class ExitCode:

@@ -273,6 +273,50 @@ async def test_many_concurrent_requests_respect_the_pool_limit(
     assert stats["max_in_flight"] <= 16
 
 
+async def test_raw_waiting_for_a_pool_slot_counts_against_the_timeout(
+    model_sim: SimHandle,
+) -> None:
+    # Black-box this cannot be seen: a request holding the slot has the same timeout and
+    # started earlier, so it always frees the slot in time. Take the slot directly instead.
+    client = RawHttpClient(request_timeout=0.3, max_connections=1)
+    url = chat_url(model_sim)
+    pool = client._resolve(url).pool
+    try:
+        pool.count = 1  # the only slot is held elsewhere
+        started = time.monotonic()
+        reply = await client.post(url, chat())
+        assert reply.kind is AttemptKind.TIMEOUT
+        assert time.monotonic() - started < 5
+        pool.count = 0
+        assert (await client.post(url, chat())).kind is AttemptKind.OK
+    finally:
+        await client.close()
+    assert model_sim.stats()["requests"] == 1  # the timed-out request was never sent
+
+
+async def test_raw_cancelled_waiter_does_not_leak_its_pool_slot(model_sim: SimHandle) -> None:
+    client = RawHttpClient(request_timeout=30, max_connections=1)
+    url = chat_url(model_sim)
+    try:
+        hung = asyncio.create_task(
+            client.post(url, chat(x_sim={"fault": "hang", "hang_seconds": 30}))
+        )
+        await eventually(lambda: model_sim.stats()["hung"] == 1)
+        queued = [asyncio.create_task(client.post(url, chat())) for _ in range(3)]
+        await asyncio.sleep(0.05)  # all three are queued for the one slot
+        queued[0].cancel()
+        hung.cancel()  # frees the slot: it goes to the next live waiter, not the cancelled one
+        replies = await asyncio.gather(*queued[1:])
+        assert {r.kind for r in replies} == {AttemptKind.OK}
+        with pytest.raises(asyncio.CancelledError):
+            await queued[0]
+        with pytest.raises(asyncio.CancelledError):
+            await hung
+        assert client.stats() == {"open": 1, "idle": 1, "busy": 0}
+    finally:
+        await client.close()
+
+
 async def test_connection_refused_is_a_connection_error(client: ModelClient) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -420,6 +420,34 @@ def test_s3_unreachable_endpoint_is_transient_after_retry_seconds() -> None:
     assert info.value.transient
 
 
+def test_s3_reader_resumes_after_a_dropped_connection(
+    seaweed: SeaweedServer, s3_bucket: str
+) -> None:
+    store = S3Store(s3_bucket, seaweed.settings())
+    data = random.Random(3).randbytes(3 * MiB)
+    store.put_bytes("obj", data)
+    with store.open_read("obj", offset=100) as reader:
+        assert isinstance(reader, S3ObjectReader)
+        head = reader.read(MiB)
+        reader._drop()  # simulate a connection that died between two reads
+        rest = reader.read()
+        assert reader.reconnects == 1
+    assert head + rest == data[100:]
+
+
+def test_s3_reader_refuses_an_object_that_changed(seaweed: SeaweedServer, s3_bucket: str) -> None:
+    store = S3Store(s3_bucket, seaweed.settings())
+    store.put_bytes("obj", b"a" * (2 * MiB))
+    with store.open_read("obj") as reader:
+        assert isinstance(reader, S3ObjectReader)
+        assert reader.read(MiB) == b"a" * MiB
+        store.put_bytes("obj", b"b" * (2 * MiB))
+        reader._drop()  # the reopen must notice that the bytes now belong to another object
+        with pytest.raises(StorageError, match="object changed while reading") as info:
+            reader.read(MiB)
+        assert not info.value.transient
+
+
 def test_s3_bucket_names_are_validated(s3_settings: S3Settings) -> None:
     for bad in ("b", "UPPER", "a_b", "-ab", "ab-", "a..b"):
         with pytest.raises(ValueError, match="invalid S3 bucket name"):
@@ -583,7 +611,7 @@ def test_streaming_read_survives_an_outage(seaweed_outage: SeaweedServer) -> Non
     digest = hashlib.sha256()
     first = reader.read(MiB)
     digest.update(first)
-    server.stop()  # mid-stream: the open response loses its server
+    server.stop()  # SIGTERM mid-stream: the open response loses its server
     thread, outcome = _restart_later(server, 2.0)
     try:
         received = len(first)
@@ -608,7 +636,7 @@ def test_writes_during_an_outage_succeed_once_the_server_is_back(
     store = S3Store(bucket, server.settings(retry_seconds=30))
     store.put_bytes("before", b"1")  # warms the pool: its connection goes stale in the outage
 
-    server.stop()
+    server.stop(graceful=False)  # a crash this time; the read test covers a clean stop
     thread, outcome = _restart_later(server, 2.0)
     try:
         started = time.monotonic()

@@ -1,11 +1,12 @@
 """Run llama.cpp's real HTTP server (via the ``xllamacpp`` wheel) for tests.
 
 xllamacpp embeds llama.cpp's C++ server in-process but has no command line, so this
-launcher fills its ``CommonParams``, starts the server, waits for ``GET /health`` to
-answer 200, prints exactly one line ``READY http://HOST:PORT`` to stdout and serves
-until SIGTERM or SIGINT (or until its parent process dies), then shuts down: exit code
-0 when llama.cpp stopped cleanly, 1 when requests still in flight kept it from stopping
-within ``--shutdown-timeout`` (their clients then see the connection close).
+launcher fills its ``CommonParams``, starts the server, waits for ``GET /health`` (and
+``GET /slots``) to answer 200, prints exactly one line ``READY http://HOST:PORT`` to
+stdout and serves until SIGTERM or SIGINT (or until its parent process dies), then
+shuts down: exit code 0 when llama.cpp stopped cleanly, 1 when requests still in
+flight kept it from stopping within ``--shutdown-timeout`` (their clients then see the
+connection close).
 
     python -m tests.fakes.llama_server --model tiny.gguf --port 0 --parallel 4
 
@@ -29,7 +30,7 @@ from typing import Any, TextIO
 import xllamacpp
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-_HEALTH_DEADLINE_S = 30.0
+_READY_DEADLINE_S = 30.0
 _PORT_ATTEMPTS = 5
 
 
@@ -77,20 +78,29 @@ def _start(args: argparse.Namespace) -> tuple[Any, str]:
     raise AssertionError("unreachable")
 
 
-def _wait_healthy(url: str, deadline_s: float) -> None:
+def _answers_200(url: str) -> bool:
+    try:
+        # url is the http:// address this launcher just bound
+        with urllib.request.urlopen(url, timeout=2.0) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        # 503 while the model is loading, or refused before the listener is up
+        return False
+
+
+def _wait_ready(url: str, deadline_s: float) -> None:
+    """Wait for /health, then for /slots, which only llama.cpp's task loop answers.
+
+    Server() returns before its thread has entered the task loop, and the loop's start
+    clears an earlier stop request: a server stopped in that window never stops. Seen
+    under load; an answer from /slots proves the loop runs.
+    """
     deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            # url is the http:// address this launcher just bound
-            with urllib.request.urlopen(url + "/health", timeout=2.0) as resp:  # noqa: S310
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            # 503 while the model is loading or refused before the listener is up
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url}/health did not answer 200 within {deadline_s} s")
-        time.sleep(0.02)
+    for path in ("/health", "/slots"):
+        while not _answers_200(url + path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url}{path} did not answer 200 within {deadline_s} s")
+            time.sleep(0.02)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -138,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent = os.getppid()
     server, url = _start(args)
     try:
-        _wait_healthy(url, _HEALTH_DEADLINE_S)
+        _wait_ready(url, _READY_DEADLINE_S)
         ready_out.write(f"READY {url}\n")
         ready_out.flush()
         print(f"llama_server: serving {args.model} at {url}", file=sys.stderr, flush=True)

@@ -1,0 +1,358 @@
+"""The operator's one decision: `reconcile(job, observed, now) -> Decision`.
+
+Pure: everything it needs (the BatchJob, what the cluster and object storage showed, the
+clock) comes in as arguments, and what to do comes out as data. kopf handlers only observe,
+call this, and apply the decision idempotently. Level-based: the same inputs always give the
+same decision, so a restarted operator simply picks up where the status says it was.
+
+Phases map 1:1 to OpenAI statuses. Lifecycle:
+
+    (new) -> Validating [Admitted=False Queued] -> Validating [runner validates]
+          -> InProgress -> Finalizing -> Completed
+    Validating --invalid input--> Failed (InvalidInput, status.errors)
+    any --runner Job failed--> Failed (RunnerFailed)
+    any --spec.cancel--> Cancelling -> Cancelled (queued batches: Cancelled at once)
+    any --deadline--> Expired (the runner writes batch_expired lines; queued: at once)
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from openbatch.batch_mapping import status_errors_from_wire, status_usage_from_wire
+from openbatch.progress import FinalResult, ProgressRecord, RunState
+from openbatch.resource import (
+    BatchJob,
+    BatchJobStatus,
+    Condition,
+    ConditionReason,
+    ConditionStatus,
+    ConditionType,
+    Phase,
+    RequestCounts,
+    format_progress,
+)
+from openbatch.usage import add_usage, from_batch_usage, to_batch_usage
+from openbatch_operator.resources import finalize_job_name, runner_job_name
+
+TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.EXPIRED, Phase.CANCELLED})
+_PASSED_VALIDATION = frozenset(
+    {RunState.IN_PROGRESS, RunState.COMPLETED, RunState.CANCELLED, RunState.EXPIRED}
+)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the cluster shows of one child Job."""
+
+    exists: bool
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_for_good: bool = False  # condition Failed=True: the Job will not retry any more
+    reason: str | None = None
+    message: str | None = None
+
+
+ABSENT = JobState(exists=False)
+
+
+@dataclass(frozen=True)
+class Observed:
+    runner: JobState = ABSENT
+    finalize: JobState = ABSENT
+    shards: tuple[ProgressRecord | None, ...] = ()  # progress record of each shard, if any
+    result: FinalResult | None = None  # result.json, once finalize ran
+    cancel_marker: bool = False
+    admitted_elsewhere: int = 0  # other batches holding a slot (admitted, not terminal)
+    ahead_in_queue: int = 0  # waiting batches that start before this one
+    max_concurrent: int = 8
+    output_file_id: str = ""  # the ids this batch's files get, if they are written
+    error_file_id: str = ""
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: BatchJobStatus
+    create_runner: bool = False
+    create_finalize: bool = False
+    write_cancel_marker: bool = False
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.phase in TERMINAL_PHASES
+
+
+def set_condition(
+    status: BatchJobStatus,
+    *,
+    type_: ConditionType,
+    state: ConditionStatus,
+    reason: ConditionReason,
+    message: str,
+    now: datetime,
+    generation: int | None,
+) -> None:
+    """Add or update a condition; `lastTransitionTime` moves only when the status flips."""
+    current = status.condition(type_)
+    if current is not None and current.status is state:
+        current.reason = reason.value
+        current.message = message
+        current.observed_generation = generation
+        return
+    fresh = Condition(
+        type=type_,
+        status=state,
+        reason=reason.value,
+        message=message,
+        last_transition_time=now,
+        observed_generation=generation,
+    )
+    status.conditions = [c for c in status.conditions if c.type is not type_] + [fresh]
+
+
+class _Builder:
+    """Accumulates one decision; keeps the phase-change bookkeeping in one place."""
+
+    def __init__(self, job: BatchJob, now: datetime) -> None:
+        self.job = job
+        self.now = now
+        self.gen = job.metadata.generation
+        self.status = job.status.model_copy(deep=True)
+        self.before = job.status.phase
+        self.decision = Decision(status=self.status)
+
+    def condition(
+        self, type_: ConditionType, ok: bool, reason: ConditionReason, message: str
+    ) -> None:
+        state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
+        set_condition(
+            self.status,
+            type_=type_,
+            state=state,
+            reason=reason,
+            message=message,
+            now=self.now,
+            generation=self.gen,
+        )
+
+    def phase(self, phase: Phase, message: str, warning: bool = False) -> Decision:
+        st = self.status
+        st.phase = phase
+        st.message = message
+        stamp = {
+            Phase.IN_PROGRESS: "in_progress_time",
+            Phase.FINALIZING: "finalizing_time",
+            Phase.COMPLETED: "completed_time",
+            Phase.FAILED: "failed_time",
+            Phase.EXPIRED: "expired_time",
+            Phase.CANCELLING: "cancelling_time",
+            Phase.CANCELLED: "cancelled_time",
+        }.get(phase)
+        if stamp is not None and getattr(st, stamp) is None:
+            setattr(st, stamp, self.now)
+        if phase in TERMINAL_PHASES:
+            ok = phase is Phase.COMPLETED
+            reason = {
+                Phase.COMPLETED: ConditionReason.COMPLETED,
+                Phase.EXPIRED: ConditionReason.EXPIRED,
+                Phase.CANCELLED: ConditionReason.CANCELLED,
+            }.get(phase)
+            if ok:
+                self.condition(ConditionType.COMPLETE, True, ConditionReason.COMPLETED, message)
+                self.condition(ConditionType.RUNNING, False, ConditionReason.COMPLETED, message)
+            else:
+                failed_reason = reason or _failure_reason(st)
+                self.condition(ConditionType.FAILED, True, failed_reason, message)
+                self.condition(ConditionType.RUNNING, False, failed_reason, message)
+        st.progress = format_progress(st.request_counts)
+        if phase is not self.before:
+            self.decision.events.append(
+                Event(EventType.WARNING if warning else EventType.NORMAL, phase.value, message)
+            )
+            self.before = phase
+        return self.decision
+
+
+def _failure_reason(status: BatchJobStatus) -> ConditionReason:
+    return ConditionReason.INVALID_INPUT if status.errors else ConditionReason.RUNNER_FAILED
+
+
+def _mirror_progress(status: BatchJobStatus, shards: tuple[ProgressRecord | None, ...]) -> None:
+    """Sum the shards' progress records into the status; counts never move backwards."""
+    records = [r for r in shards if r is not None]
+    if not records:
+        return
+    usage = (0, 0, 0, 0, 0)
+    for r in records:
+        usage = add_usage(usage, from_batch_usage(r.usage))
+    old = status.request_counts
+    # The total is known only once every shard has validated and counted its lines.
+    total = sum(r.total for r in records) if len(records) == len(shards) else 0
+    status.request_counts = RequestCounts(
+        total=max(old.total, total),
+        completed=max(old.completed, sum(r.completed for r in records)),
+        failed=max(old.failed, sum(r.failed for r in records)),
+    )
+    if usage[4] >= status.usage.total_tokens:
+        status.usage = status_usage_from_wire(to_batch_usage(usage))
+    model = next((r.model for r in records if r.model), None)
+    if model:
+        status.model = model
+
+
+def _apply_result(b: _Builder, result: FinalResult, obs: Observed) -> Decision:
+    st = b.status
+    st.request_counts = RequestCounts(
+        total=result.total, completed=result.completed, failed=result.failed
+    )
+    st.usage = status_usage_from_wire(result.usage)
+    if result.model:
+        st.model = result.model
+    if result.output_uri:
+        st.output_uri = result.output_uri
+        st.output_file_id = obs.output_file_id or None
+    if result.error_uri:
+        st.error_uri = result.error_uri
+        st.error_file_id = obs.error_file_id or None
+    if st.finalizing_time is None:
+        st.finalizing_time = b.now
+    summary = (
+        f"{result.completed} completed, {result.failed} failed"
+        + (f", {result.unrun} not run" if result.unrun else "")
+        + f" of {result.total}"
+    )
+    if result.state is RunState.CANCELLED:
+        return b.phase(Phase.CANCELLED, f"cancelled: {summary}")
+    if result.state is RunState.EXPIRED:
+        return b.phase(Phase.EXPIRED, f"completion window expired: {summary}", warning=True)
+    if result.state is RunState.FAILED:
+        return b.phase(Phase.FAILED, "input failed validation", warning=True)
+    return b.phase(Phase.COMPLETED, f"completed: {summary}")
+
+
+def _invalid(b: _Builder, record: ProgressRecord) -> Decision:
+    st = b.status
+    st.errors = status_errors_from_wire(record.errors)
+    st.error_count = record.error_count or len(st.errors)
+    st.request_counts = RequestCounts()
+    message = record.message or "input failed validation"
+    b.condition(ConditionType.VALIDATED, False, ConditionReason.INVALID_INPUT, message)
+    return b.phase(Phase.FAILED, message, warning=True)
+
+
+def _admit(b: _Builder, obs: Observed) -> bool:
+    """Global admission: at most `max_concurrent` batches hold a slot, first by priority,
+    then age (the callers count who is ahead)."""
+    admitted = b.status.condition(ConditionType.ADMITTED)
+    if admitted is not None and admitted.status is ConditionStatus.TRUE:
+        return True
+    if obs.runner.exists:  # admitted before an operator restart lost the status write
+        b.condition(ConditionType.ADMITTED, True, ConditionReason.ADMITTED, "runner Job exists")
+        return True
+    if obs.admitted_elsewhere + obs.ahead_in_queue < obs.max_concurrent:
+        b.condition(ConditionType.ADMITTED, True, ConditionReason.ADMITTED, "slot granted")
+        return True
+    position = obs.ahead_in_queue + 1
+    b.condition(
+        ConditionType.ADMITTED,
+        False,
+        ConditionReason.QUEUED,
+        f"waiting for a slot: {obs.admitted_elsewhere} of {obs.max_concurrent} in use, "
+        f"position {position} in the queue",
+    )
+    return False
+
+
+def _runner_failure_message(obs: Observed) -> str:
+    job = obs.runner
+    last = next((r.message for r in obs.shards if r is not None and r.message), None)
+    parts = [f"runner Job failed ({job.reason or 'unknown reason'})"]
+    if job.message:
+        parts.append(job.message)
+    if last:
+        parts.append(f"last runner message: {last}")
+    return "; ".join(parts)
+
+
+def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa: PLR0911, PLR0912
+    b = _Builder(job, now)
+    st = b.status
+    if st.phase in TERMINAL_PHASES:
+        return b.decision
+    st.observed_generation = job.metadata.generation
+    deadline = job.deadline()
+    st.expires_time = deadline
+    _mirror_progress(st, obs.shards)
+
+    if obs.result is not None:
+        return _apply_result(b, obs.result, obs)
+    invalid = next((r for r in obs.shards if r is not None and r.state is RunState.FAILED), None)
+    if invalid is not None:
+        return _invalid(b, invalid)
+
+    started = obs.runner.exists or st.runner_job_name is not None
+    if job.spec.cancel and not started:
+        return b.phase(Phase.CANCELLED, "cancelled before any request was sent")
+    if deadline is not None and now >= deadline and not started:
+        return b.phase(
+            Phase.EXPIRED, "completion window expired before the batch started", warning=True
+        )
+    if st.phase is None:
+        b.phase(Phase.VALIDATING, "waiting for admission")
+    if not started and not _admit(b, obs):
+        return b.phase(Phase.VALIDATING, st.conditions[-1].message)
+
+    st.runner_job_name = st.runner_job_name or runner_job_name(job)
+    if not obs.runner.exists and not obs.runner.complete:
+        b.decision.create_runner = True
+    if job.spec.cancel:
+        b.decision.write_cancel_marker = not obs.cancel_marker
+    if obs.runner.failed_for_good:
+        if obs.runner.reason == "DeadlineExceeded":
+            return b.phase(
+                Phase.EXPIRED,
+                "the runner did not stop by the deadline and was stopped by Kubernetes; "
+                "results committed before that are kept in the work dir",
+                warning=True,
+            )
+        return b.phase(Phase.FAILED, _runner_failure_message(obs), warning=True)
+    if obs.runner.complete:
+        st.finalize_job_name = st.finalize_job_name or finalize_job_name(job)
+        if obs.finalize.failed_for_good:
+            return b.phase(
+                Phase.FAILED,
+                f"finalize Job failed ({obs.finalize.reason}): {obs.finalize.message or ''}",
+                warning=True,
+            )
+        if not obs.finalize.exists:
+            b.decision.create_finalize = True
+        if job.spec.cancel:
+            return b.phase(Phase.CANCELLING, "cancelling: joining partial results")
+        return b.phase(Phase.FINALIZING, "all requests done; joining results")
+    if job.spec.cancel:
+        return b.phase(Phase.CANCELLING, "cancel requested; runner is stopping")
+    validated = any(r is not None and r.state in _PASSED_VALIDATION for r in obs.shards)
+    if validated:
+        b.condition(ConditionType.VALIDATED, True, ConditionReason.VALID, "input is valid")
+        b.condition(ConditionType.RUNNING, True, ConditionReason.RUNNING, "runner is sending")
+        counts = st.request_counts
+        return b.phase(
+            Phase.IN_PROGRESS,
+            f"{counts.completed + counts.failed} of {counts.total} requests done",
+        )
+    return b.phase(Phase.VALIDATING, "runner is validating the input")
