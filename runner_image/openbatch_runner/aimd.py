@@ -16,9 +16,13 @@ class AimdController:
     max_limit: int = 1024
     decrease_factor: float = 0.5
     latency_factor: float = 2.0  # latency above this many times the baseline means queueing
+    epoch_seconds: float = 10.0  # the baseline is the best latency of the last 1-2 epochs
     limit: float = field(init=False)
     baseline: float | None = field(init=False, default=None)
     _last_decrease: float = field(init=False, default=float("-inf"))
+    _epoch_start: float | None = field(init=False, default=None)
+    _epoch_min: float = field(init=False, default=float("inf"))
+    _previous_min: float = field(init=False, default=float("inf"))
 
     def __post_init__(self) -> None:
         self.limit = float(max(self.min_limit, min(self.max_limit, self.initial)))
@@ -27,14 +31,23 @@ class AimdController:
     def window(self) -> int:
         return max(self.min_limit, int(self.limit))
 
+    def _track_baseline(self, latency: float, now: float) -> float:
+        """Windowed minimum: a server that became slower for good (longer prompts later in
+        the file) gets a new baseline within two epochs, while a queue that merely stays
+        long does not drag the baseline up with it (a drifting average would, and the
+        window would then grow without bound)."""
+        if self._epoch_start is None:
+            self._epoch_start = now
+        elif now - self._epoch_start >= self.epoch_seconds:
+            self._previous_min, self._epoch_min = self._epoch_min, float("inf")
+            self._epoch_start = now
+        self._epoch_min = min(self._epoch_min, latency)
+        self.baseline = min(self._previous_min, self._epoch_min)
+        return self.baseline
+
     def on_success(self, latency: float, now: float) -> None:
-        if self.baseline is None or latency < self.baseline:
-            self.baseline = latency
-        else:
-            # Let the baseline drift up slowly so a server that became slower for good
-            # (longer prompts later in the file) is not read as overloaded forever.
-            self.baseline += (latency - self.baseline) * 0.001
-        if self.baseline > 0 and latency > self.latency_factor * self.baseline:
+        baseline = self._track_baseline(latency, now)
+        if baseline > 0 and latency > self.latency_factor * baseline:
             self._decrease(now)
             return
         self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)

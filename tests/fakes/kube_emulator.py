@@ -3,7 +3,7 @@
 Why a subclass and not kmock as is: TESTING.md lists what kmock 0.8 gets wrong for a real
 operator (namespace listing, resourceVersions, 422 on JSON-patch `test`, watch replay,
 selectors, list kinds). This module keeps kmock's HTTP server, its request log
-(`emulator.requests`, `emulator.objects`) and its DSL for fault injection
+(`list(emulator)`, `emulator.objects`) and its DSL for fault injection
 (`emulator["patch", kmock.resource("batch/v1/jobs")] << 500` is served before the emulation),
 and replaces the storage semantics with an apiserver-like store:
 
@@ -73,7 +73,7 @@ Not emulated (design tests knowing this):
 - watch events are filtered on the object's new state: an object that stops matching a label
   selector does not produce a synthetic DELETED event; no periodic BOOKMARK events;
 - `limit`/`continue` pages are not a consistent snapshot across pages;
-- kmock records every request in memory (`emulator.requests`); a long session holds them all.
+- kmock records every request in memory (`list(emulator)`); a long session holds them all.
 
 Reactions added with kmock's DSL take precedence over the emulation and change no state.
 The emulator runs inside an aiohttp server on 127.0.0.1; `EmulatorThread` runs it on its own
@@ -98,11 +98,13 @@ import time
 import types
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp.web
 import jsonpatch  # kmock's own dependency
 import kmock
+import yaml
 import yarl
 from kmock._internal import rendering
 
@@ -111,7 +113,7 @@ _T = TypeVar("_T")
 
 JsonDict = dict[str, Any]
 
-EVENT_LOG_SIZE = 20_000
+EVENT_LOG_SIZE = 10_000
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 SUBRESOURCE_VERBS = ("get", "patch", "update")
 SERVER_VERSION = {
@@ -287,6 +289,16 @@ class ResourceSpec:
                 "versions": [version],
             },
         }
+
+
+def load_crds(directory: Path) -> list[JsonDict]:
+    """The CustomResourceDefinition documents in `directory/*.yaml` (not recursive)."""
+    result: list[JsonDict] = []
+    for path in sorted(directory.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
+                result.append(document)
+    return result
 
 
 _AGE = PrinterColumn("Age", ".metadata.creationTimestamp", "date")
@@ -899,15 +911,17 @@ class _Watch:
 class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with an apiserver-like store, discovery, watches and tables.
 
-    `custom_resources` are served and exist as CRD objects; more can be added at run time by
-    creating CustomResourceDefinition objects through the API. `gc_interval` is how often the
-    owner-reference sweep runs (0 disables the sweep; cascading on deletion stays).
+    `custom_resources` are served and exist as (synthetic) CRD objects; `crds` are
+    CustomResourceDefinition objects (e.g. `load_crds(repo / "crds")`) stored as given and
+    served; more can be added at run time by creating CRDs through the API. `gc_interval` is
+    how often the owner-reference sweep runs (0 disables the sweep; cascading on deletion stays).
     """
 
     def __init__(
         self,
         custom_resources: Sequence[ResourceSpec] = (BATCHJOB,),
         *,
+        crds: Sequence[Mapping[str, Any]] = (),
         gc_interval: float = 0.5,
         event_log_size: int = EVENT_LOG_SIZE,
         history_limit: int = 20,
@@ -925,6 +939,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._watches: dict[int, _Watch] = {}
         self._gc_interval = gc_interval
         self._gc_task: asyncio.Task[None] | None = None
+        self._gc_active = False
+        self._gc_pending = False
         # Set by whoever runs pods (the kubelet harness): (namespace, pod) -> log text or None.
         self.pod_log_provider: Callable[[str, str], str | None] | None = None
         for spec in BUILTIN_RESOURCES:
@@ -932,6 +948,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         for spec in custom_resources:
             self.register(spec)
             self._seed_crd(spec)
+        for crd in crds:
+            name = str((crd.get("metadata") or {}).get("name", ""))
+            existing = self._live(_CRDS, None, name)
+            if existing is not None:
+                self._commit(self._specs[_CRDS], None, copy.deepcopy(existing), "DELETED")
+            self._seed(_CRDS, copy.deepcopy(dict(crd)))
+            self._establish_crd(name)
         self._seed(_NAMESPACES, {"metadata": {"name": "default"}})
 
     def __attrs_post_init__(self) -> None:
@@ -1075,7 +1098,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self.objects[okey].create(new)
             self.objects[okey].delete()
         history = self.objects[okey].history
-        while len(history) > self._history_limit:
+        keep = 2 if event == "DELETED" else self._history_limit
+        while len(history) > keep:
             del history[0]
         uid = meta.get("uid")
         if uid:
@@ -1137,7 +1161,6 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 f"the kind in the data ({obj['kind']}) does not match the expected kind "
                 f"({spec.kind})",
             )
-        obj = {**obj, "apiVersion": spec.api_version, "kind": spec.kind}
         obj = {"apiVersion": spec.api_version, "kind": spec.kind, **obj}
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -1204,12 +1227,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
     @staticmethod
     def _default_job(obj: JsonDict) -> None:
         spec = obj.setdefault("spec", {})
-        spec.setdefault("parallelism", 1)
-        if "completions" not in spec and spec.get("completionMode") == "Indexed":
+        if spec.get("completions") is None and (
+            spec.get("parallelism") is None or spec.get("completionMode") == "Indexed"
+        ):
             spec["completions"] = 1
-        spec.setdefault("completions", 1 if spec.get("parallelism") == 1 else None)
-        if spec.get("completions") is None:
-            spec.pop("completions")
+        if spec.get("parallelism") is None:
+            spec["parallelism"] = 1
         spec.setdefault("backoffLimit", 6)
         spec.setdefault("completionMode", "NonIndexed")
         spec.setdefault("suspend", False)
@@ -1378,7 +1401,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._commit(self._specs[_NAMESPACES], None, copy.deepcopy(ns), "DELETED")
 
     def purge_namespace(self, namespace: str) -> None:
-        """Remove a namespace and everything in it now, finalizers or not (test cleanup)."""
+        """Remove a namespace and everything in it now, finalizers or not, and forget their
+        histories (test cleanup: keeps a session-long emulator small)."""
         for spec in list(self._specs.values()):
             if not spec.namespaced:
                 continue
@@ -1387,6 +1411,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         ns = self._live(_NAMESPACES, None, namespace)
         if ns is not None:
             self._commit(self._specs[_NAMESPACES], None, copy.deepcopy(ns), "DELETED")
+        for key in [k for k in self.objects if k[1] == namespace]:
+            del self.objects[key]
+        ns_key = self._obj_key(_NAMESPACES, None, namespace)
+        if ns_key in self.objects:
+            del self.objects[ns_key]
         self._collect_garbage()
 
     def _orphan_dependents(self, owner_uid: str) -> None:
@@ -1404,29 +1433,45 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     self._commit(spec, ns, new, "MODIFIED")
 
     def _collect_garbage(self) -> None:
-        """Delete objects none of whose owners exist; drop dangling refs when some still do."""
-        changed = True
-        while changed:
-            changed = False
-            for spec in list(self._specs.values()):
-                for obj in list(self.iter_objects(spec.key)):
-                    meta = obj["metadata"]
-                    refs = meta.get("ownerReferences") or []
-                    if not refs:
-                        continue
-                    alive = [ref for ref in refs if ref.get("uid") in self._uids]
-                    ns = meta.get("namespace") if spec.namespaced else None
-                    if not alive:
-                        if meta.get("deletionTimestamp"):
-                            continue
-                        with contextlib.suppress(ApiError):
-                            self.delete_object(spec, ns, meta["name"])
-                            changed = True
-                    elif len(alive) < len(refs):
-                        new = copy.deepcopy(obj)
-                        new["metadata"]["ownerReferences"] = alive
-                        self._commit(spec, ns, new, "MODIFIED")
+        """Delete objects none of whose owners exist; drop dangling refs when some still do.
+
+        Deletions cascade (a deleted owner removes its dependents, which may own others): a
+        call made while a sweep runs only asks that sweep for one more pass.
+        """
+        if self._gc_active:
+            self._gc_pending = True
+            return
+        self._gc_active = True
+        try:
+            while True:
+                self._gc_pending = False
+                if not self._gc_pass() and not self._gc_pending:
+                    return
+        finally:
+            self._gc_active = False
+
+    def _gc_pass(self) -> bool:
+        changed = False
+        for (res, ns, name), obj in list(self.objects.items()):
+            if obj.deleted:
+                continue
+            meta = obj.raw.get("metadata") or {}
+            refs = meta.get("ownerReferences") or []
+            spec = self._specs.get((str(res.group), str(res.version), str(res.plural)))
+            if not refs or spec is None:
+                continue
+            alive = [ref for ref in refs if ref.get("uid") in self._uids]
+            if not alive:
+                if not meta.get("deletionTimestamp"):
+                    with contextlib.suppress(ApiError):
+                        self.delete_object(spec, ns, name)
                         changed = True
+            elif len(alive) < len(refs):
+                new = copy.deepcopy(obj.raw)
+                new["metadata"]["ownerReferences"] = alive
+                self._commit(spec, ns, new, "MODIFIED")
+                changed = True
+        return changed
 
     async def _gc_loop(self) -> None:
         while True:
@@ -1618,7 +1663,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
             new = self._compute_write(spec, old, request, parsed.subresource)
             if dry_run:
                 return self._respond(raw, new, spec)
-            return self._respond(raw, self._write_update(spec, old, new), spec)
+            updated = self._write_update(spec, old, new)
+            if spec.key == _CRDS and parsed.subresource is None:
+                self._establish_crd(parsed.name)
+            return self._respond(raw, updated, spec)
         if method == "DELETE" and parsed.name is not None:
             options = request.data if isinstance(request.data, dict) else {}
             options = {**options, **self._delete_params(params)}
@@ -2059,11 +2107,13 @@ class EmulatorThread:
         self,
         custom_resources: Sequence[ResourceSpec] = (BATCHJOB,),
         *,
+        crds: Sequence[Mapping[str, Any]] = (),
         host: str = "127.0.0.1",
         port: int | None = None,
         gc_interval: float = 0.5,
     ) -> None:
         self._custom_resources = tuple(custom_resources)
+        self._crds = [copy.deepcopy(dict(crd)) for crd in crds]
         self._host = host
         self._port = port
         self._gc_interval = gc_interval
@@ -2110,7 +2160,9 @@ class EmulatorThread:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        emulator = KubeEmulator(self._custom_resources, gc_interval=self._gc_interval)
+        emulator = KubeEmulator(
+            self._custom_resources, crds=self._crds, gc_interval=self._gc_interval
+        )
         async with emulator, kmock.Server(emulator, host=self._host, port=self._port) as server:
             self._emulator = emulator
             url = yarl.URL(str(server.url))

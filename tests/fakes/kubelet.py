@@ -481,10 +481,15 @@ class KubeletHarness:
         return found
 
     def wait_for(self, predicate: Callable[[KubeletHarness], bool], timeout: float = 30.0) -> None:
-        """Wait until `predicate(harness)` holds; it is re-checked on every state change."""
+        """Wait until `predicate(harness)` holds: re-checked on every state change of the
+        harness and at least every 20 ms (for predicates on files, logs or the clock)."""
+        deadline = time.monotonic() + timeout
         with self._cond:
-            if not self._cond.wait_for(lambda: predicate(self), timeout):
-                raise TimeoutError(f"condition not met within {timeout}s")
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"condition not met within {timeout}s")
+                self._cond.wait(min(remaining, 0.02))
 
     def _find(self, pod_name: str, namespace: str | None) -> _PodRun:
         with self._lock:
@@ -695,9 +700,14 @@ class KubeletHarness:
                 self._poke(state, 1.0)
 
     def _poke(self, state: _JobState, delay: float) -> None:
+        """Reconcile again after `delay` (an earlier pending wake-up wins; it re-arms later)."""
         loop = asyncio.get_running_loop()
-        if state.timer is not None:
-            state.timer.cancel()
+        when = loop.time() + max(0.0, delay)
+        timer = state.timer
+        if timer is not None and not timer.cancelled() and loop.time() < timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
         state.timer = loop.call_later(max(0.0, delay), state.dirty.set)
 
     async def _reconcile(self, state: _JobState) -> None:
@@ -777,7 +787,8 @@ class KubeletHarness:
             await self._create_pod(state, None)
 
     async def _complete(self, state: _JobState) -> None:
-        state.finishing = True
+        if not self._claim_finish(state):
+            return
         for run in [r for r in state.runs.values() if not r.terminal]:
             self._terminate(run, "JobFinished", delete=True)
         state.completion_time = now_rfc3339()
@@ -801,10 +812,19 @@ class KubeletHarness:
         self._schedule_ttl(state)
         self._changed()
 
-    async def _fail(self, state: _JobState, reason: str, message: str) -> None:
+    @staticmethod
+    def _claim_finish(state: _JobState) -> bool:
+        """Mark the Job as finishing (synchronously); False if something else already did."""
         if state.finished or state.finishing:
-            return
+            return False
         state.finishing = True
+        return True
+
+    async def _fail(
+        self, state: _JobState, reason: str, message: str, *, claimed: bool = False
+    ) -> None:
+        if not claimed and not self._claim_finish(state):
+            return
         self._set_condition(state, "FailureTarget", "True", reason, message)
         await self._write_job_status(state)
         for run in [r for r in state.runs.values() if not r.terminal]:
@@ -1058,9 +1078,13 @@ class KubeletHarness:
                 run.restarts += 1
                 state.restarts += 1
                 if state.failed + state.restarts > int(state.spec.get("backoffLimit", 6)):
+                    claimed = self._claim_finish(state)
                     await self._finish_run(state, run, code)
                     await self._fail(
-                        state, "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+                        state,
+                        "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit",
+                        claimed=claimed,
                     )
                     return
             await self._finish_run(state, run, code)
@@ -1108,28 +1132,33 @@ class KubeletHarness:
         return run.exit_code
 
     async def _finish_run(self, state: _JobState, run: _PodRun, code: int | None) -> None:
-        """Record the pod's end, count it for the Job, and let the Job controller react."""
+        """Record the pod's end, count it for the Job, and let the Job controller react.
+
+        Counting and the decision to fail happen before the first await: the Job worker may
+        reconcile meanwhile and must not replace a pod that is not counted yet.
+        """
         if run.terminal:
             return
         run.exit_code = code
         run.finished_at = run.finished_at or time.time()
         run.phase = "Succeeded" if code == 0 else "Failed"
+        action = self._count(state, run)
+        failure: tuple[str, str] | None = None
+        if action is not None and not state.finished and not state.finishing:
+            if action == "FailJob":
+                failure = ("PodFailurePolicy", self._policy_message(run))
+            elif state.failed > int(state.spec.get("backoffLimit", 6)):
+                failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            elif code != 0 and self.retry_backoff_seconds:
+                state.next_start_after = time.monotonic() + self.retry_backoff_seconds
+        claimed = failure is not None and self._claim_finish(state)
         self._changed()
         if not state.gone:
             await self._patch_status(self._pod_path(run), self._terminated_status(run))
-        action = self._count(state, run)
         await self._release_pod(run, delete=run.deleting)
-        if action is not None and not state.finished and not state.finishing:
-            if action == "FailJob":
-                await self._fail(state, "PodFailurePolicy", self._policy_message(run))
-                return
-            if state.failed > int(state.spec.get("backoffLimit", 6)):
-                await self._fail(
-                    state, "BackoffLimitExceeded", "Job has reached the specified backoff limit"
-                )
-                return
-            if code != 0 and self.retry_backoff_seconds:
-                state.next_start_after = time.monotonic() + self.retry_backoff_seconds
+        if failure is not None and claimed:
+            await self._fail(state, *failure, claimed=True)
+            return
         state.dirty.set()
 
     def _count(self, state: _JobState, run: _PodRun) -> str | None:
@@ -1267,9 +1296,9 @@ class KubeletHarness:
         env.update(self.extra_env)
         env["HOSTNAME"] = run.name
         env["TMPDIR"] = str(dict(mounts).get("/tmp", tmp_dir))
-        if run.index is not None:
-            env["JOB_COMPLETION_INDEX"] = str(run.index)
         container_env: dict[str, str] = {}
+        if run.index is not None:  # the Job controller puts it first in the container's env
+            container_env["JOB_COMPLETION_INDEX"] = str(run.index)
         for source in container.get("envFrom") or []:
             prefix = str(source.get("prefix", ""))
             for key, value in (await self._env_from(run.namespace, source)).items():

@@ -48,3 +48,36 @@ def test_bounds_hold() -> None:
 def test_initial_is_clamped() -> None:
     assert AimdController(initial=5000, max_limit=100).window == 100
     assert AimdController(initial=0).window == 1
+
+
+def test_closed_loop_settles_near_the_server_capacity() -> None:
+    """Regression (B2): a drifting baseline once let the window grow to 14x the slots.
+
+    A server with `slots` slots and service time `service`: a window of w requests sees
+    latency service * max(1, w / slots). Over a long run the window must stay near the
+    slots: enough to keep them busy, not so many that a queue builds without bound.
+    """
+    slots, service = 32, 0.05
+    c = AimdController(initial=4, max_limit=4096)
+    now, peak, windows = 0.0, 0, []
+    for _ in range(3000):  # round trips (~10 minutes of simulated time)
+        w = c.window
+        latency = service * max(1.0, w / slots)
+        for _ in range(w):
+            c.on_success(latency, now)
+        now += latency
+        peak = max(peak, c.window)
+        windows.append(c.window)
+    settled = windows[500:]
+    assert min(settled) >= slots // 2  # the server is kept busy ...
+    assert peak <= 3 * slots  # ... and the queue stays bounded
+
+
+def test_baseline_follows_a_server_that_became_slower_for_good() -> None:
+    c = AimdController(initial=8, epoch_seconds=10)
+    c.on_success(0.05, 0.0)
+    now = 0.0
+    for _ in range(300):  # 30 s of replies at the new, slower service time
+        now += 0.1
+        c.on_success(0.2, now)
+    assert c.baseline == 0.2
