@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.model_sim",
     "tests.fixtures.llama",
+    "tests.fixtures.kube",
 ]

@@ -17,7 +17,7 @@ from kubernetes import config as k8s_config
 from pydantic import ValidationError
 
 from openbatch.resource import GROUP, PLURAL, VERSION, BatchJob
-from openbatch_operator.admission import BatchKey, QueueEntry, queue_length, slots_view
+from openbatch_operator.admission import BatchKey, QueueEntry, slots_view
 from openbatch_operator.errors import InvalidResource, OperatorError, to_kopf
 from openbatch_operator.locations import locations_of
 from openbatch_operator.metrics import Metrics
@@ -53,6 +53,17 @@ class State:
         # Admissions granted by this process that the index may not show yet.
         self.admitted: set[BatchKey] = set()
         self.admission_lock = asyncio.Lock()
+        # Latest (phase, completed, failed, queued) of every BatchJob, for the metrics.
+        self.seen: dict[BatchKey, tuple[str | None, int, int, bool]] = {}
+
+    def refresh_metrics(self) -> None:
+        rows = list(self.seen.values())
+        self.metrics.observe(
+            (phase for phase, _, _, _ in rows),
+            sum(c for _, c, _, _ in rows),
+            sum(f for _, _, f, _ in rows),
+            sum(1 for *_, queued in rows if queued),
+        )
 
     def lock(self, key: BatchKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -122,16 +133,6 @@ def _entries(index: kopf.Index[Any, Any], state: State) -> list[QueueEntry]:
     return out
 
 
-def _update_metrics(index: kopf.Index[Any, Any], state: State) -> None:
-    rows = [row for key in index for row in index[key]]
-    state.metrics.observe(
-        (phase for _, phase, _, _ in rows),
-        sum(c for _, _, c, _ in rows),
-        sum(f for _, _, _, f in rows),
-        queue_length(e for e, _, _, _ in rows),
-    )
-
-
 async def reconcile_once(
     namespace: str, name: str, state: State, index: kopf.Index[Any, Any]
 ) -> Decision | None:
@@ -172,7 +173,6 @@ async def reconcile_once(
             if decision.terminal:
                 state.admitted.discard(key)
         await _apply(job, raw, decision, state, now)
-        _update_metrics(index, state)
         return decision
 
 
@@ -216,6 +216,30 @@ async def _handle(
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def on_change(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     await _handle(namespace, name, memo, kwargs["batch_queue"])
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def track(
+    *, type: str | None, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
+) -> None:
+    """Every watch event, deletions included, keeps the metrics current without a poll."""
+    state: State | None = memo.get("openbatch")
+    if state is None:
+        return
+    key = (namespace or "", name)
+    if type == "DELETED":
+        state.seen.pop(key, None)
+    else:
+        entry = _entry(namespace, name, body)
+        status = body.get("status") or {}
+        counts = status.get("requestCounts") or {}
+        state.seen[key] = (
+            status.get("phase"),
+            int(counts.get("completed") or 0),
+            int(counts.get("failed") or 0),
+            not entry.admitted and not entry.terminal,
+        )
+    state.refresh_metrics()
 
 
 def _not_terminal(status: kopf.Status, **_: Any) -> bool:

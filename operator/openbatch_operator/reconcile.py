@@ -229,6 +229,10 @@ def _apply_result(b: _Builder, result: FinalResult, obs: Observed) -> Decision:
     if result.error_uri:
         st.error_uri = result.error_uri
         st.error_file_id = obs.error_file_id or None
+    # A batch can finish between two polls: the phases it went through still get their
+    # timestamps, as OpenAI's do (in_progress_at <= finalizing_at <= completed_at).
+    if result.state is not RunState.FAILED and st.in_progress_time is None:
+        st.in_progress_time = b.now
     if st.finalizing_time is None:
         st.finalizing_time = b.now
     summary = (

@@ -8,7 +8,11 @@ selectors, list kinds). This module keeps kmock's HTTP server, its request log
 and replaces the storage semantics with an apiserver-like store:
 
 - routing: core `/api/v1/...` and `/apis/<group>/<version>/...`, including
-  `/api/v1/namespaces[/<name>[/status]]`, `?watch=true`, subresources `status`;
+  `/api/v1/namespaces[/<name>[/status]]`, `?watch=true`, `?dryRun=All`, the `status`
+  subresource, and `pods/<name>/log` when a kubelet (`pod_log_provider`) is attached;
+- bodies: JSON; kubectl's typed commands (`create namespace|configmap|secret`, deletes of
+  built-ins) send protobuf and never fall back to JSON, so those few types (and DeleteOptions)
+  are decoded from protobuf; responses are always JSON;
 - discovery: `/api`, `/apis`, `/api/v1`, `/apis/<g>[/<v>]` (legacy, non-aggregated), `/version`,
   `/healthz`; `/openapi/v2|v3` answer 404 (so kubectl needs `--validate=false`);
 - writes: every write takes the next value of one global, monotonically increasing
@@ -47,8 +51,12 @@ and replaces the storage semantics with an apiserver-like store:
   theirs from the constructor or from their CRD's `additionalPrinterColumns`), also for watches
   (`kubectl get -w`);
 - CustomResourceDefinitions: the constructor's custom resources are served and also exist as CRD
-  objects; creating a CRD through the API serves its versions (Established at once), deleting it
-  stops serving them and deletes their objects;
+  objects, `crds=` (e.g. the repository's crds/*.yaml via `load_crds`) are stored as written and
+  served; creating or updating a CRD through the API serves its versions (Established at once),
+  deleting it stops serving them and deletes their objects;
+- test helpers: `GET /_emulator/watches` lists open watch streams (resource, namespace, user
+  agent, start time: how a test knows kopf is listening), `purge_namespace()` forgets a test's
+  namespace whatever its finalizers;
 - built-in defaults that operators observe: Namespace `status.phase: Active`, Pod
   `status.phase: Pending`, Secret `stringData` folded into base64 `data`, and the Job defaults
   (`completions`, `parallelism`, `backoffLimit`, `completionMode`, `suspend`, selector and
@@ -68,8 +76,10 @@ Not emulated (design tests knowing this):
   listed above (lists elsewhere are replaced) and no per-field `patchStrategy`;
 - one storage per group/version/plural: a CRD with several versions stores each version apart
   (no conversion);
-- no aggregated discovery (kubectl falls back to the legacy documents), no OpenAPI documents, no
-  protobuf (JSON only), no `pods/log`, `exec`, `portforward`, `scale`, `eviction` subresources;
+- no aggregated discovery (kubectl falls back to the legacy documents), no OpenAPI documents
+  (so no `kubectl explain`, and apply/create need `--validate=false`), protobuf only for the
+  request bodies named above, no `exec`, `attach`, `portforward`, `scale`, `eviction`
+  subresources, no `kubectl logs -f` (the log is a snapshot);
 - watch events are filtered on the object's new state: an object that stops matching a label
   selector does not produce a synthetic DELETED event; no periodic BOOKMARK events;
 - `limit`/`continue` pages are not a consistent snapshot across pages;
@@ -106,7 +116,6 @@ import jsonpatch  # kmock's own dependency
 import kmock
 import yaml
 import yarl
-from kmock._internal import rendering
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -1036,7 +1045,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _seed_crd(self, spec: ResourceSpec) -> None:
         crd = spec.to_crd()
         name = crd["metadata"]["name"]
-        if self._live((*_CRDS,), None, name) is None:
+        if self._live(_CRDS, None, name) is None:
             self._seed(_CRDS, crd)
         self._establish_crd(name)
 
@@ -1550,7 +1559,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 action = kmock.action.UPDATE
             elif method == "DELETE" and parsed.name:
                 action = kmock.action.DELETE
-        request = rendering.Request(
+        request = kmock.Request(
             id=len(self._requests),
             raw_request=raw,
             url=raw.url,
@@ -1583,7 +1592,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             )
         return response
 
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """User reactions (kmock's DSL) first; everything else is emulated."""
         if self._payloads:
             with contextlib.suppress(NotImplementedError):
@@ -1592,7 +1601,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return await self._emulate(request)
 
     async def _emulate(  # noqa: PLR0911  # one branch per verb
-        self, request: rendering.Request
+        self, request: kmock.Request
     ) -> aiohttp.web.StreamResponse:
         raw = request._raw_request
         assert raw is not None
@@ -1724,7 +1733,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self,
         spec: ResourceSpec,
         old: JsonDict,
-        request: rendering.Request,
+        request: kmock.Request,
         subresource: str | None,
     ) -> JsonDict:
         raw = request._raw_request

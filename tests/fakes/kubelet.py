@@ -376,31 +376,35 @@ class KubeletHarness:
                 ),
             ]
             await self._stopping.wait()
-            for task in self._tasks:
-                task.cancel()
-            with self._lock:
-                jobs = list(self._jobs.values())
-                runs = list(self._runs.values())
-            for job in jobs:
-                if job.worker is not None:
-                    job.worker.cancel()
-                if job.timer is not None:
-                    job.timer.cancel()
-            for run in runs:
-                if run.proc is not None and run.exit_code is None:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(run.proc.pid, signal.SIGKILL)
-            for run in runs:
-                if run.proc is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(run.proc.wait(), 5)
-            pending = [t for t in self._tasks if not t.done()]
-            pending += [j.worker for j in jobs if j.worker is not None]
-            pending += [r.task for r in runs if r.task is not None]
-            pending += [r.terminator for r in runs if r.terminator is not None]
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Stop reacting first (no API writes about the kills), then SIGKILL every process."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+            runs = list(self._runs.values())
+        pending = list(self._tasks)
+        pending += [job.worker for job in jobs if job.worker is not None]
+        pending += [run.task for run in runs if run.task is not None]
+        pending += [run.terminator for run in runs if run.terminator is not None]
+        for job in jobs:
+            if job.timer is not None:
+                job.timer.cancel()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for run in runs:
+            proc = run.proc
+            if proc is None or proc.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                returncode = await asyncio.wait_for(proc.wait(), 5)
+                run.exit_code = returncode if returncode >= 0 else 128 - returncode
+                run.finished_at = time.time()
+                run.phase = "Failed"
+        self._changed()
 
     # ----- public, synchronous API ---------------------------------------------------------------
 
@@ -760,7 +764,7 @@ class KubeletHarness:
 
     async def _start_pods(self, state: _JobState, active: list[_PodRun]) -> None:
         spec = state.spec
-        parallelism = int(spec.get("parallelism", 1) if spec.get("parallelism") is not None else 1)
+        parallelism = 1 if spec.get("parallelism") is None else int(spec["parallelism"])
         slots = parallelism - len(active)
         if slots <= 0:
             return

@@ -1,0 +1,384 @@
+"""End to end on the emulated cluster: kubectl -> BatchJob -> operator (kopf) -> runner Job
+(kubelet harness) -> runner process -> SeaweedFS -> status.
+
+What these prove and what they cannot (no real scheduler, no CEL, no RBAC) is written down
+in docs/operator.md.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from openbatch.resource import Phase
+from tests.fakes.kubelet import KubeletHarness
+from tests.fixtures.kube import KopfProcess, KubeApi, RunKopf, job_condition
+from tests.fixtures.model_sim import ModelSimFactory, SimHandle
+from tests.fixtures.s3 import SeaweedServer
+from tests.runner_support import (
+    REPO_ROOT,
+    assert_exactly_once,
+    chat_line,
+    jsonl,
+    parse_lines,
+    read_uri,
+    write_uri,
+)
+
+MODEL = "sim-model"
+TERMINAL = {p.value for p in (Phase.COMPLETED, Phase.FAILED, Phase.EXPIRED, Phase.CANCELLED)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Cluster:
+    kube: KubeApi
+    kubelet: KubeletHarness
+    bucket: str
+    sim: SimHandle
+    run_kopf: RunKopf
+    env: dict[str, str]
+    metrics_port: int
+    seaweed: SeaweedServer
+    operator: KopfProcess | None = None
+
+    def start_operator(self, **overrides: str) -> KopfProcess:
+        env = {**self.env, **{f"OPENBATCH_OPERATOR_{k.upper()}": v for k, v in overrides.items()}}
+        self.operator = self.run_kopf("openbatch_operator.handlers", env=env)
+        return self.operator
+
+    def upload(self, key: str, lines: list[dict[str, Any]], bucket: str | None = None) -> None:
+        write_uri(f"s3://{bucket or self.bucket}/{key}", jsonl(lines))
+
+    def batchjob(self, name: str, key: str, **spec: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": "openbatch.dev/v1alpha1",
+            "kind": "BatchJob",
+            "metadata": {"name": name, "namespace": self.kube.namespace},
+            "spec": {
+                "input": {"s3": {"bucket": self.bucket, "key": key}},
+                "endpoint": "/v1/chat/completions",
+                **spec,
+            },
+        }
+
+    def apply(self, manifest: dict[str, Any], tmp: Path) -> None:
+        path = tmp / f"{manifest['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(manifest))
+        self.kube.kubectl("apply", "-n", self.kube.namespace, "-f", str(path))
+
+    def get(self, name: str) -> dict[str, Any]:
+        obj = self.kube.get("batchjobs", name)
+        assert obj is not None, f"BatchJob {name} is gone"
+        return obj
+
+    def wait_phase(self, name: str, phases: set[str], timeout: float = 90) -> dict[str, Any]:
+        def reached(obj: dict[str, Any] | None) -> bool:
+            return ((obj or {}).get("status") or {}).get("phase") in phases
+
+        obj = self.kube.wait_for("batchjobs", name, reached, timeout=timeout)
+        assert obj is not None
+        return obj
+
+    def runner_jobs(self) -> list[str]:
+        return [j for j in self.kubelet.jobs_seen() if j.endswith("-runner")]
+
+
+@pytest.fixture
+def cluster(  # noqa: PLR0917  # pytest injects fixtures by name
+    kube_api: KubeApi,
+    kubelet: KubeletHarness,
+    run_kopf: RunKopf,
+    seaweed: SeaweedServer,
+    s3_bucket: str,
+    model_sim_factory: ModelSimFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Cluster]:
+    s3_env = seaweed.env()
+    for key, value in s3_env.items():  # the test itself uploads inputs and reads results
+        monkeypatch.setenv(key, value)
+    sim = model_sim_factory(slots=8, service_time=0.01, models=[MODEL])
+    kube_api.create(
+        "secrets",
+        {
+            "metadata": {"name": "openbatch-s3"},
+            "stringData": {"accessKey": seaweed.access_key, "secretKey": seaweed.secret_key},
+        },
+    )
+    kube_api.create(
+        "configmaps",
+        {
+            "metadata": {"name": "openbatch-routing"},
+            "data": {"models.json": json.dumps({"models": {MODEL: [sim.base_url]}})},
+        },
+    )
+    metrics_port = _free_port()
+    env = {
+        **s3_env,  # the operator reads progress records and writes cancel markers
+        "OPENBATCH_OPERATOR_BUCKET": s3_bucket,
+        "OPENBATCH_OPERATOR_S3_ENDPOINT": seaweed.endpoint,
+        "OPENBATCH_OPERATOR_POLL_INTERVAL_SECONDS": "0.5",
+        "OPENBATCH_OPERATOR_COMMIT_INTERVAL_SECONDS": "0.3",
+        "OPENBATCH_OPERATOR_RUNNER_GRACE_SECONDS": "2",
+        "OPENBATCH_OPERATOR_METRICS_PORT": str(metrics_port),
+    }
+    yield Cluster(kube_api, kubelet, s3_bucket, sim, run_kopf, env, metrics_port, seaweed)
+
+
+def _lines(n: int, **extra: Any) -> list[dict[str, Any]]:
+    return [chat_line(i, model=MODEL, **extra) for i in range(n)]
+
+
+def _results(status: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    out = parse_lines(read_uri(status["outputURI"])) if status.get("outputURI") else []
+    err = parse_lines(read_uri(status["errorURI"])) if status.get("errorURI") else []
+    return out, err
+
+
+def _events(kube: KubeApi, name: str) -> list[str]:
+    events = kube.list_objects("events") or []
+    return [
+        e.get("reason", "") for e in events if (e.get("involvedObject") or {}).get("name") == name
+    ]
+
+
+def test_kubectl_apply_example_completes(cluster: Cluster, tmp_path: Path) -> None:
+    """Scenario 1: the example a user applies, pointing straight at an S3 object."""
+    example = yaml.safe_load((REPO_ROOT / "crds/examples/batchjob-s3.yaml").read_text())
+    source = example["spec"]["input"]["s3"]
+    if not cluster.seaweed.client().bucket_exists(source["bucket"]):
+        cluster.seaweed.make_bucket(source["bucket"])  # the example's own bucket, unchanged
+    cluster.upload(source["key"], _lines(120), bucket=source["bucket"])
+    cluster.start_operator()
+    path = tmp_path / "example.yaml"
+    path.write_text(yaml.safe_dump(example))
+    cluster.kube.kubectl("apply", "-n", cluster.kube.namespace, "-f", str(path))
+    name = example["metadata"]["name"]
+    obj = cluster.wait_phase(name, TERMINAL)
+    status = obj["status"]
+    assert status["phase"] == "Completed", status
+    assert status["requestCounts"] == {"total": 120, "completed": 120, "failed": 0}
+    assert status["model"] == MODEL and status["progress"] == "120/120"
+    assert status["outputFileID"].startswith("file-") and status.get("errorFileID") is None
+    out, err = _results(status)
+    assert_exactly_once({f"req-{i}" for i in range(120)}, out, err)
+    assert status["usage"]["inputTokens"] == sum(
+        line.response.body["usage"]["prompt_tokens"] for line in out if line.response
+    )
+    for stamp in ("inProgressTime", "finalizingTime", "completedTime", "expiresTime"):
+        assert status.get(stamp), stamp
+    table = cluster.kube.kubectl("get", "bj", "-n", cluster.kube.namespace).stdout
+    assert "Completed" in table and "120/120" in table and MODEL in table
+    assert {"Validating", "Completed"} <= set(_events(cluster.kube, name))
+    job = cluster.kube.get("jobs", f"{name}-runner")
+    assert job is not None and job_condition(job, "Complete") is not None
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    with urllib.request.urlopen(  # loopback, our own metrics port
+        f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=5
+    ) as resp:
+        metrics = resp.read().decode()
+    assert 'openbatch_batches{phase="Completed"} 1.0' in metrics
+
+
+def test_invalid_input_fails_with_openai_errors(cluster: Cluster, tmp_path: Path) -> None:
+    """Scenario 2."""
+    lines = _lines(5)
+    lines[2]["url"] = "/v1/embeddings"
+    cluster.upload("bad.jsonl", lines)
+    cluster.start_operator()
+    cluster.apply(cluster.batchjob("bad", "bad.jsonl"), tmp_path)
+    status = cluster.wait_phase("bad", TERMINAL)["status"]
+    assert status["phase"] == "Failed"
+    assert status["errors"] == [
+        {
+            "code": "invalid_url",
+            "message": "The URL provided for this request does not match the batch endpoint.",
+            "param": "url",
+            "line": 3,
+        }
+    ]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidInput"
+    assert cluster.sim.stats()["requests"] == 0
+    assert "outputURI" not in status
+
+
+def test_unknown_model_fails_with_model_not_found(cluster: Cluster, tmp_path: Path) -> None:
+    """Scenario 9."""
+    cluster.upload("unknown.jsonl", [chat_line(i, model="nope") for i in range(3)])
+    cluster.start_operator()
+    cluster.apply(cluster.batchjob("unknown", "unknown.jsonl"), tmp_path)
+    status = cluster.wait_phase("unknown", TERMINAL)["status"]
+    assert status["phase"] == "Failed"
+    assert status["errors"][0]["code"] == "model_not_found"
+    assert status["errors"][0]["param"] == "body.model"
+    assert cluster.sim.stats()["requests"] == 0
+
+
+def _slow(cluster: Cluster, slots: int = 2, service: float = 0.05) -> None:
+    cluster.sim.configure(slots=slots, service_time=service)
+
+
+def test_cancel_while_running(cluster: Cluster, tmp_path: Path) -> None:
+    """Scenario 3."""
+    _slow(cluster)
+    cluster.upload("cancel.jsonl", _lines(400))
+    cluster.start_operator()
+    cluster.apply(cluster.batchjob("cancel-me", "cancel.jsonl"), tmp_path)
+    cluster.kube.wait_for(
+        "batchjobs",
+        "cancel-me",
+        lambda o: ((o or {}).get("status") or {}).get("requestCounts", {}).get("completed", 0) > 0,
+        timeout=60,
+    )
+    cluster.kube.kubectl(
+        "patch", "bj", "cancel-me", "-n", cluster.kube.namespace, "--type=merge",
+        "-p", '{"spec": {"cancel": true}}',
+    )  # fmt: skip
+    status = cluster.wait_phase("cancel-me", TERMINAL)["status"]
+    assert status["phase"] == "Cancelled", status
+    assert status.get("cancellingTime") and status.get("cancelledTime")
+    out, err = _results(status)
+    assert_exactly_once({f"req-{i}" for i in range(400)}, out, err)
+    assert 0 < len(out) < 400
+    assert {line.error.code for line in err if line.error} == {"batch_cancelled"}
+    assert status["requestCounts"]["completed"] == len(out)
+    assert status["requestCounts"]["failed"] == 0  # never-run lines are not failures
+
+
+def test_short_completion_window_expires(cluster: Cluster, tmp_path: Path) -> None:
+    """Scenario 4."""
+    _slow(cluster, slots=1, service=0.05)
+    cluster.upload("slow.jsonl", _lines(300))
+    cluster.start_operator()
+    cluster.apply(cluster.batchjob("short", "slow.jsonl", completionWindow="6s"), tmp_path)
+    status = cluster.wait_phase("short", TERMINAL, timeout=120)["status"]
+    assert status["phase"] == "Expired", status
+    out, err = _results(status)
+    assert_exactly_once({f"req-{i}" for i in range(300)}, out, err)
+    assert 0 < len(out) < 300
+    assert {line.error.code for line in err if line.error} == {"batch_expired"}
+    assert status.get("expiredTime")
+
+
+def test_runner_pod_killed_twice_resumes(cluster: Cluster, tmp_path: Path) -> None:
+    """Scenario 5."""
+    _slow(cluster, slots=4, service=0.02)
+    cluster.upload("kill.jsonl", _lines(600))
+    cluster.start_operator()
+    cluster.apply(cluster.batchjob("killed", "kill.jsonl"), tmp_path)
+    killed: list[str] = []
+    for threshold in (100, 300):
+        obj = cluster.kube.wait_for(
+            "batchjobs",
+            "killed",
+            lambda o, t=threshold: (
+                ((o or {}).get("status") or {}).get("requestCounts", {}).get("completed", 0) >= t
+            ),
+            timeout=60,
+        )
+        assert obj is not None
+        pod = cluster.kubelet.wait_for_pod_running("killed-runner", timeout=30, exclude=killed)
+        cluster.kubelet.kill_pod(pod, signal.SIGKILL)
+        killed.append(pod)
+    status = cluster.wait_phase("killed", TERMINAL, timeout=120)["status"]
+    assert status["phase"] == "Completed", status
+    out, err = _results(status)
+    assert_exactly_once({f"req-{i}" for i in range(600)}, out, err)
+    assert len(out) == 600 and status["requestCounts"]["completed"] == 600
+    job = cluster.kube.get("jobs", "killed-runner")
+    assert job is not None and job["status"].get("failed", 0) >= 2
+    assert cluster.runner_jobs() == ["killed-runner"]
+
+
+def test_operator_killed_and_restarted_mid_run(cluster: Cluster, tmp_path: Path) -> None:
+    """Scenario 6: never a second runner Job, never a lost status update."""
+    _slow(cluster, slots=4, service=0.02)
+    cluster.upload("op.jsonl", _lines(500))
+    operator = cluster.start_operator()
+    cluster.apply(cluster.batchjob("survivor", "op.jsonl"), tmp_path)
+    cluster.wait_phase("survivor", {"InProgress"})
+    operator.kill()
+    time.sleep(0.5)  # the runner goes on without an operator for a moment; that is the point
+    operator.restart()
+    status = cluster.wait_phase("survivor", TERMINAL, timeout=120)["status"]
+    assert status["phase"] == "Completed", status
+    assert status["requestCounts"] == {"total": 500, "completed": 500, "failed": 0}
+    assert cluster.runner_jobs() == ["survivor-runner"]
+    assert len(cluster.kubelet.pods("survivor-runner")) == 1
+    out, err = _results(status)
+    assert_exactly_once({f"req-{i}" for i in range(500)}, out, err)
+
+
+def test_parallelism_three_shards_one_result(cluster: Cluster, tmp_path: Path) -> None:
+    """Scenario 7."""
+    cluster.upload("sharded.jsonl", _lines(300))
+    cluster.start_operator()
+    cluster.apply(cluster.batchjob("wide", "sharded.jsonl", parallelism=3), tmp_path)
+    cluster.apply(cluster.batchjob("narrow", "sharded.jsonl"), tmp_path)
+    wide = cluster.wait_phase("wide", TERMINAL, timeout=120)["status"]
+    narrow = cluster.wait_phase("narrow", TERMINAL, timeout=120)["status"]
+    assert wide["phase"] == narrow["phase"] == "Completed", (wide, narrow)
+    pods = cluster.kubelet.pods("wide-runner")
+    assert len(pods) == 3
+    assert cluster.kube.get("jobs", "wide-finalize") is not None
+    assert wide["finalizeJobName"] == "wide-finalize"
+
+    def contents(status: dict[str, Any]) -> dict[str, str]:
+        out, err = _results(status)
+        assert err == []
+        return {
+            line.custom_id: line.response.body["choices"][0]["message"]["content"]
+            for line in out
+            if line.response
+        }
+
+    assert contents(wide) == contents(narrow)
+    assert len(contents(wide)) == 300
+    assert wide["requestCounts"] == narrow["requestCounts"]
+
+
+def test_admission_limit_queues_the_second_batch(cluster: Cluster, tmp_path: Path) -> None:
+    """Scenario 8: maxConcurrentBatches 1; the second starts when the first ends."""
+    _slow(cluster, slots=4, service=0.02)
+    cluster.upload("first.jsonl", _lines(200))
+    cluster.start_operator(max_concurrent_batches="1")
+    cluster.apply(cluster.batchjob("first", "first.jsonl", priority=0), tmp_path)
+    cluster.wait_phase("first", {"Validating", "InProgress"})
+    cluster.apply(cluster.batchjob("second", "first.jsonl"), tmp_path)
+    second = cluster.kube.wait_for(
+        "batchjobs",
+        "second",
+        lambda o: any(
+            c.get("type") == "Admitted" and c.get("reason") == "Queued"
+            for c in ((o or {}).get("status") or {}).get("conditions", [])
+        ),
+        timeout=30,
+    )
+    assert second is not None and second["status"]["phase"] == "Validating"
+    assert cluster.kube.get("jobs", "second-runner") is None
+    first = cluster.wait_phase("first", TERMINAL, timeout=120)
+    done = cluster.wait_phase("second", TERMINAL, timeout=120)
+    assert first["status"]["phase"] == done["status"]["phase"] == "Completed"
+    pod = cluster.kubelet.pods("second-runner")[0]
+    started = cluster.kubelet.process_started_at(pod.name)
+    finished = first["status"]["completedTime"]
+    finished_at = time.mktime(time.strptime(finished, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert started >= finished_at - 1  # completedTime has whole seconds
