@@ -42,6 +42,20 @@ def chat_line(i: int, model: str = "sim-model", **extra_body: Any) -> dict[str, 
     }
 
 
+def llama_chat_line(i: int, max_tokens: int = 8) -> dict[str, Any]:
+    """A request for the tiny llama.cpp model (it ignores `model`; max_tokens fixes timing)."""
+    return {
+        "custom_id": f"q{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": f"count to {i}"}],
+            "max_tokens": max_tokens,
+        },
+    }
+
+
 def jsonl(lines: Iterable[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(line) + b"\n" for line in lines)
 

@@ -2,7 +2,9 @@
 
 A batch should fill a model server's spare capacity without overloading it (DESIGN §6):
 the window grows by about one request per round trip while latency stays near the best
-seen, and halves on 429/503 or when latency shows requests queueing inside the server.
+seen, and halves on 429/503/timeouts or when latency shows requests queueing
+inside the server. Like TCP, it cuts at most once per round trip: only a reply to a request
+sent after the last cut can cut again, so one congestion episode costs one cut.
 Pure: time comes in as an argument, so it is table-tested without clocks.
 """
 
@@ -14,7 +16,8 @@ class AimdController:
     initial: int
     min_limit: int = 1
     max_limit: int = 1024
-    decrease_factor: float = 0.5
+    decrease_factor: float = 0.5  # on an explicit "no room" (429/503/timeout)
+    queueing_factor: float = 0.5  # on queueing latency: back to where no queue builds
     latency_factor: float = 2.0  # latency above this many times the baseline means queueing
     epoch_seconds: float = 10.0  # the baseline is the best latency of the last 1-2 epochs
     limit: float = field(init=False)
@@ -48,19 +51,16 @@ class AimdController:
     def on_success(self, latency: float, now: float) -> None:
         baseline = self._track_baseline(latency, now)
         if baseline > 0 and latency > self.latency_factor * baseline:
-            self._decrease(now)
+            self._decrease(now - latency, now, self.queueing_factor)
             return
         self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
 
-    def on_overload(self, now: float) -> None:
+    def on_overload(self, now: float, latency: float = 0.0) -> None:
         """A 429/503 or a timeout: the server says it has no room."""
-        self._decrease(now)
+        self._decrease(now - latency, now, self.decrease_factor)
 
-    def _decrease(self, now: float) -> None:
-        # One decrease per round trip: the replies of requests sent before the first cut
-        # would otherwise cut the window again for the same congestion.
-        cooldown = self.baseline if self.baseline else 0.0
-        if now - self._last_decrease < max(cooldown, 0.05):
-            return
+    def _decrease(self, sent_at: float, now: float, factor: float) -> None:
+        if sent_at < self._last_decrease:
+            return  # sent before the last cut: the same congestion, already answered
         self._last_decrease = now
-        self.limit = max(float(self.min_limit), self.limit * self.decrease_factor)
+        self.limit = max(float(self.min_limit), self.limit * factor)

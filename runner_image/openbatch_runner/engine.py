@@ -382,7 +382,7 @@ class Runner:
         elif reply.kind is AttemptKind.TIMEOUT or (
             reply.kind is AttemptKind.HTTP_ERROR and reply.status in OVERLOAD_STATUSES
         ):
-            aimd.on_overload(now)
+            aimd.on_overload(now, latency)
         else:
             return
         if self.window is not None:

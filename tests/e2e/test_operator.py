@@ -7,7 +7,6 @@ in docs/operator.md.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import time
@@ -25,11 +24,13 @@ from tests.fakes.kubelet import KubeletHarness
 from tests.fixtures.kube import KopfProcess, KubeApi, RunKopf, job_condition
 from tests.fixtures.model_sim import ModelSimFactory, SimHandle
 from tests.fixtures.s3 import SeaweedServer
+from tests.operator_support import operator_env, prepare_namespace
 from tests.runner_support import (
     REPO_ROOT,
     assert_exactly_once,
     chat_line,
     jsonl,
+    llama_chat_line,
     parse_lines,
     read_uri,
     write_uri,
@@ -114,30 +115,16 @@ def cluster(  # noqa: PLR0917  # pytest injects fixtures by name
     for key, value in s3_env.items():  # the test itself uploads inputs and reads results
         monkeypatch.setenv(key, value)
     sim = model_sim_factory(slots=8, service_time=0.01, models=[MODEL])
-    kube_api.create(
-        "secrets",
-        {
-            "metadata": {"name": "openbatch-s3"},
-            "stringData": {"accessKey": seaweed.access_key, "secretKey": seaweed.secret_key},
-        },
-    )
-    kube_api.create(
-        "configmaps",
-        {
-            "metadata": {"name": "openbatch-routing"},
-            "data": {"models.json": json.dumps({"models": {MODEL: [sim.base_url]}})},
-        },
-    )
+    prepare_namespace(kube_api, seaweed, {MODEL: [sim.base_url]})
     metrics_port = _free_port()
-    env = {
-        **s3_env,  # the operator reads progress records and writes cancel markers
-        "OPENBATCH_OPERATOR_BUCKET": s3_bucket,
-        "OPENBATCH_OPERATOR_S3_ENDPOINT": seaweed.endpoint,
-        "OPENBATCH_OPERATOR_POLL_INTERVAL_SECONDS": "0.5",
-        "OPENBATCH_OPERATOR_COMMIT_INTERVAL_SECONDS": "0.3",
-        "OPENBATCH_OPERATOR_RUNNER_GRACE_SECONDS": "2",
-        "OPENBATCH_OPERATOR_METRICS_PORT": str(metrics_port),
-    }
+    env = operator_env(
+        seaweed,
+        s3_bucket,
+        poll_interval_seconds="0.5",
+        commit_interval_seconds="0.3",
+        runner_grace_seconds="2",
+        metrics_port=str(metrics_port),
+    )
     yield Cluster(kube_api, kubelet, s3_bucket, sim, run_kopf, env, metrics_port, seaweed)
 
 
@@ -286,14 +273,12 @@ def test_runner_pod_killed_twice_resumes(cluster: Cluster, tmp_path: Path) -> No
     cluster.apply(cluster.batchjob("killed", "kill.jsonl"), tmp_path)
     killed: list[str] = []
     for threshold in (100, 300):
-        obj = cluster.kube.wait_for(
-            "batchjobs",
-            "killed",
-            lambda o, t=threshold: (
-                ((o or {}).get("status") or {}).get("requestCounts", {}).get("completed", 0) >= t
-            ),
-            timeout=60,
-        )
+
+        def reached(obj: dict[str, Any] | None, at_least: int = threshold) -> bool:
+            counts = ((obj or {}).get("status") or {}).get("requestCounts") or {}
+            return int(counts.get("completed", 0)) >= at_least
+
+        obj = cluster.kube.wait_for("batchjobs", "killed", reached, timeout=60)
         assert obj is not None
         pod = cluster.kubelet.wait_for_pod_running("killed-runner", timeout=30, exclude=killed)
         cluster.kubelet.kill_pod(pod, signal.SIGKILL)
@@ -382,3 +367,23 @@ def test_admission_limit_queues_the_second_batch(cluster: Cluster, tmp_path: Pat
     finished = first["status"]["completedTime"]
     finished_at = time.mktime(time.strptime(finished, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
     assert started >= finished_at - 1  # completedTime has whole seconds
+
+
+def test_batch_against_llama_cpp(cluster: Cluster, tmp_path: Path, llama_server: Any) -> None:
+    """The operator's path end to end against real model-server software (llama.cpp)."""
+    cluster.upload("llama.jsonl", [llama_chat_line(i) for i in range(16)])
+    cluster.start_operator()
+    manifest = cluster.batchjob(
+        "llama",
+        "llama.jsonl",
+        modelServer={"url": llama_server.base_url},
+        concurrency={"maxInFlight": 4, "requestTimeoutSeconds": 60},
+    )
+    cluster.apply(manifest, tmp_path)
+    status = cluster.wait_phase("llama", TERMINAL, timeout=120)["status"]
+    assert status["phase"] == "Completed", status
+    assert status["requestCounts"] == {"total": 16, "completed": 16, "failed": 0}
+    assert status["usage"]["outputTokens"] == 16 * 8
+    out, err = _results(status)
+    assert_exactly_once({f"q{i}" for i in range(16)}, out, err)
+    assert all(line.response and line.response.body["object"] == "chat.completion" for line in out)

@@ -11,6 +11,7 @@ from tests.runner_support import (
     assert_exactly_once,
     final_result,
     jsonl,
+    llama_chat_line,
     parse_lines,
     read_uri,
     run_args,
@@ -21,21 +22,7 @@ from tests.runner_support import (
 
 def test_chat_batch_against_llama_cpp(tmp_path: Path, llama_server: LlamaHandle) -> None:
     n = 24
-    lines = [
-        {
-            "custom_id": f"q{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": "tiny",
-                "messages": [{"role": "user", "content": f"count to {i}"}],
-                "max_tokens": 8,
-                "temperature": 0,
-            },
-        }
-        for i in range(n)
-    ]
-    write_uri(str(tmp_path / "in.jsonl"), jsonl(lines))
+    write_uri(str(tmp_path / "in.jsonl"), jsonl(llama_chat_line(i) for i in range(n)))
     args = run_args(
         str(tmp_path / "in.jsonl"),
         str(tmp_path / "out.jsonl"),

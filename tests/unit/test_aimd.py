@@ -19,9 +19,9 @@ def test_overload_halves_once_per_round_trip() -> None:
     c.on_success(0.1, 0.0)
     c.on_overload(1.0)
     assert c.window == 32
-    c.on_overload(1.01)  # replies to requests sent before the cut: same congestion
+    c.on_overload(1.01, latency=0.1)  # sent before the cut: the same congestion
     assert c.window == 32
-    c.on_overload(1.2)
+    c.on_overload(1.2, latency=0.1)  # sent after the cut: congestion again
     assert c.window == 16
 
 

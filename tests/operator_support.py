@@ -1,0 +1,39 @@
+"""Setting up a namespace for the operator: shared by the e2e tests and benchmark B6."""
+
+from __future__ import annotations
+
+import json
+
+from tests.fixtures.kube import KubeApi
+from tests.fixtures.s3 import SeaweedServer
+
+S3_SECRET_NAME = "openbatch-s3"  # noqa: S105  # the name of a Secret, not a secret
+ROUTING_CONFIGMAP = "openbatch-routing"
+
+
+def prepare_namespace(kube: KubeApi, seaweed: SeaweedServer, routes: dict[str, list[str]]) -> None:
+    """The Secret with the runners' S3 credentials and the routing-table ConfigMap."""
+    kube.create(
+        "secrets",
+        {
+            "metadata": {"name": S3_SECRET_NAME},
+            "stringData": {"accessKey": seaweed.access_key, "secretKey": seaweed.secret_key},
+        },
+    )
+    kube.create(
+        "configmaps",
+        {
+            "metadata": {"name": ROUTING_CONFIGMAP},
+            "data": {"models.json": json.dumps({"models": routes})},
+        },
+    )
+
+
+def operator_env(seaweed: SeaweedServer, bucket: str, **settings: str) -> dict[str, str]:
+    """Environment of an operator process: its own S3 access plus OPENBATCH_OPERATOR_*."""
+    return {
+        **seaweed.env(),  # the operator reads progress records and writes cancel markers
+        "OPENBATCH_OPERATOR_BUCKET": bucket,
+        "OPENBATCH_OPERATOR_S3_ENDPOINT": seaweed.endpoint,
+        **{f"OPENBATCH_OPERATOR_{k.upper()}": v for k, v in settings.items()},
+    }
