@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -514,3 +515,33 @@ def test_progress_log_lines_and_summary(local: Place, model_sim_factory: ModelSi
     assert progress_lines, proc.stderr
     assert "completed=" in progress_lines[-1] and "rate=" in progress_lines[-1]
     assert "completed: 250 requests" in proc.stderr
+
+
+def test_api_key_is_sent_to_the_model_server(
+    local: Place, model_sim_factory: ModelSimFactory
+) -> None:
+    sim = model_sim_factory(api_key="sk-local-123")
+    _, ids = make_batch(local, 5)
+    denied = run(local, sim, "--max-attempts", "3")
+    assert denied.returncode == 0, denied.stderr  # the work is done: every line failed
+    out, err = outputs(local)
+    assert out == [] and len(err) == 5
+    assert {line.response.status_code for line in err if line.response} == {401}
+    assert sim.stats()["requests"] == 5  # a 401 is final: no retries
+
+    for name in ("output.jsonl", "errors.jsonl"):
+        Path(local.uri(name)).unlink(missing_ok=True)
+    shutil.rmtree(local.uri("work"))
+    proc = run(local, sim, "--api-key", "sk-local-123")
+    assert proc.returncode == 0, proc.stderr
+    out, err = outputs(local)
+    assert_exactly_once(ids, out, err)
+    assert len(out) == 5
+
+    shutil.rmtree(local.uri("work"))
+    from_env = run_openbatch(
+        run_args(local.uri("input.jsonl"), local.uri("output.jsonl"), local.uri("work"),
+                 [sim.base_url]),
+        env={"OPENBATCH_API_KEY": "sk-local-123"},
+    )  # fmt: skip
+    assert from_env.returncode == 0 and len(outputs(local)[0]) == 5

@@ -64,6 +64,7 @@ class SimConfig:
     completion_tokens: int = 16
     models: list[str] = field(default_factory=list)  # empty: any model is served
     seed: int = 0
+    api_key: str = ""  # non-empty: requests need `Authorization: Bearer <api_key>` (else 401)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,6 +110,11 @@ def validated_updates(config: SimConfig, updates: Mapping[str, Any]) -> dict[str
             raise ValueError(f"unknown config field {name!r}; known: {sorted(known)}")
         if name == "models":
             out[name] = parse_models(value)
+            continue
+        if name == "api_key":
+            if not isinstance(value, str):
+                raise ValueError("api_key must be a string")
+            out[name] = value
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number")
@@ -335,7 +341,7 @@ class ModelSim:
 
         return handler
 
-    async def _serve(
+    async def _serve(  # noqa: PLR0911  # one early answer per fault or invalid request
         self,
         request: web.Request,
         path: str,
@@ -343,6 +349,9 @@ class ModelSim:
         request_id: str,
     ) -> web.Response:
         headers = {"x-request-id": request_id}
+        key = self.config.api_key
+        if key and request.headers.get("Authorization") != f"Bearer {key}":
+            return _error(401, "Incorrect API key provided.", headers, code="invalid_api_key")
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -951,6 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--completion-tokens", type=int, default=d.completion_tokens)
     p.add_argument("--models", default="", help="comma-separated; empty accepts any model")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--api-key", default=d.api_key, help="require this bearer token (401 else)")
     p.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",

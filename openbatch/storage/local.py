@@ -1,0 +1,167 @@
+"""`LocalStore`: objects are files, written atomically through a temporary file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat as stat_mod
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from openbatch.jsonl import Readable
+from openbatch.storage.base import _CHUNK, ObjectInfo, ObjectReader
+from openbatch.storage.errors import ObjectNotFound, StorageError
+from openbatch.storage.source import _Source, _SourceError
+
+# Temporary files of LocalStore end with this; list_keys hides them (they are not objects yet).
+_TMP_SUFFIX = ".openbatch-tmp"
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; some filesystems refuse fsync on directories.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _LocalReader(ObjectReader):
+    def __init__(self, path: str, offset: int) -> None:
+        self._path = path
+        try:
+            self._file = Path(path).open("rb")  # noqa: SIM115  # closed by close()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise ObjectNotFound(f"object not found: {path}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot open {path}: {exc}") from exc
+        if offset:
+            self._file.seek(offset)
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._file.read(size)
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class LocalStore:
+    """Objects are files; keys are filesystem paths (absolute or relative to the cwd).
+
+    Writes go to a temporary file in the target directory, are fsynced and renamed over the
+    target, so a reader sees the old file or the complete new one, never a partial one.
+    Temporary files are named `.<name>.<random>.openbatch-tmp` and never listed.
+    """
+
+    def describe(self, key: str) -> str:
+        return key
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = Path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot stat {key}: {exc}") from exc
+        if not stat_mod.S_ISREG(st.st_mode):
+            return None
+        return ObjectInfo(size=st.st_size, etag=f"{st.st_mtime_ns}-{st.st_size}")
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def open_read(self, key: str, offset: int = 0) -> ObjectReader:
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        return _LocalReader(key, offset)
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as reader:
+            return reader.read()
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._write_atomically(key, lambda f: f.write(data))
+
+    def put_stream(self, key: str, reader: Readable) -> int:
+        """Copy `reader` to `key` in 1 MiB chunks via a temporary file; return bytes written.
+
+        Exceptions raised by `reader` propagate unchanged and leave no file behind.
+        """
+        source = _Source(reader)
+
+        def copy(f: BinaryIO) -> None:
+            while chunk := source.read(_CHUNK):
+                f.write(chunk)
+
+        self._write_atomically(key, copy)
+        return source.count
+
+    def list_keys(self, prefix: str) -> list[str]:
+        # Keys come back spelled like the prefix: relative stays relative, no "./" added.
+        base = prefix if not prefix or prefix.endswith("/") else prefix.rpartition("/")[0] + "/"
+        if base == "/" and not prefix.startswith("/"):
+            base = ""
+        top = Path(base or ".")
+        if not top.is_dir():
+            return []
+        keys: list[str] = []
+        for root, dirs, files in os.walk(top):
+            rel = Path(root).relative_to(top).as_posix()
+            here = base if rel == "." else f"{base}{rel}/"
+            # Skip directories that cannot hold a match (prefix "a/b/out-", directory "a/b/x").
+            dirs[:] = [
+                d
+                for d in dirs
+                if f"{here}{d}/".startswith(prefix) or prefix.startswith(f"{here}{d}/")
+            ]
+            keys.extend(
+                f"{here}{name}"
+                for name in files
+                if not name.endswith(_TMP_SUFFIX) and f"{here}{name}".startswith(prefix)
+            )
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        try:
+            Path(key).unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key}: {exc}") from exc
+
+    def _write_atomically(self, key: str, write: Callable[[BinaryIO], object]) -> None:
+        if not key or key.endswith("/"):
+            raise ValueError(f"invalid file path {key!r}")
+        target = Path(key)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # os.open with 0o666 honours the umask (mkstemp would force 0600).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise StorageError(f"cannot write {key}: {exc}") from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(target)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(exc, _SourceError):
+                raise exc.original from None
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot write {key}: {exc}") from exc
+            raise
+        _fsync_dir(target.parent)
