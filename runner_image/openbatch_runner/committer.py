@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from openbatch.layout import PartKind, parse_part_name, part_key, shard_prefix
-from openbatch.storage import ObjectStore
+from openbatch.storage import ObjectStore, StorageError
 from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage
 from openbatch_runner.bitmap import Bitmap
 from openbatch_runner.outcome import LineResult
@@ -115,6 +115,7 @@ class Committer:
         self._kick = asyncio.Event()
         self._committed = asyncio.Event()
         self._last_commit = time.monotonic()
+        self.failure: StorageError | None = None  # set when storage gave up on a commit
 
     @property
     def pending(self) -> int:
@@ -170,10 +171,19 @@ class Committer:
         await self._committed.wait()
 
     async def run(self) -> None:
-        """Commit on size (kicked by `add`) or on the interval, until cancelled."""
+        """Commit on size (kicked by `add`) or on the interval, until cancelled.
+
+        If storage gives up (its own retries exhausted), the failure is recorded and every
+        waiter is woken, so the dispatcher stops instead of waiting for room forever.
+        """
         while True:
             timeout = max(0.0, self._interval - (time.monotonic() - self._last_commit))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout)
             self._kick.clear()
-            await self.commit()
+            try:
+                await self.commit()
+            except StorageError as exc:
+                self.failure = exc
+                self._committed.set()
+                raise

@@ -296,16 +296,20 @@ class Runner:
             api_key=cfg.api_key,
             max_connections=(cfg.max_concurrency if cfg.adaptive else cfg.concurrency) * 2,
         )
-        reader = self.in_store.open_read(self.in_key)
+        reader = await asyncio.to_thread(self.in_store.open_read, self.in_key)
         lines = shard_lines(reader, cfg.shard, cfg.shards, skip=committer.done)
         try:
             while self.stop_reason is None:
                 batch = await asyncio.to_thread(take, lines, READ_BATCH)
                 if not batch:
                     break
+                if committer.failure is not None:
+                    raise committer.failure
                 for index, raw in batch:
                     while committer.pending >= max_pending and self.stop_reason is None:
                         await committer.wait_committed()
+                        if committer.failure is not None:
+                            raise committer.failure
                     await window.acquire()
                     if self.stop_reason is not None:
                         window.release()
@@ -419,7 +423,7 @@ class Runner:
             else LineErrorCode.BATCH_EXPIRED
         )
         committer = self.committer
-        reader = self.in_store.open_read(self.in_key)
+        reader = await asyncio.to_thread(self.in_store.open_read, self.in_key)
         lines = shard_lines(reader, self.cfg.shard, self.cfg.shards, skip=committer.done)
         written = 0
         try:

@@ -67,3 +67,41 @@ def test_s3_outage_mid_run(
     assert final_result(f"{root}/work").completed == n
     # The outage held the run up; it did not finish without storage.
     assert requests_during_outage < n
+
+
+def test_storage_gone_for_good_exits_1_and_the_rerun_resumes(
+    seaweed_outage: SeaweedServer,
+    model_sim_factory: ModelSimFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its retry budget the runner gives up with exit 1 (a Job retry resumes it)
+    instead of hanging; nothing committed before the outage is lost."""
+    env = seaweed_outage.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bucket = seaweed_outage.make_bucket(unique_bucket_name())
+    root = f"s3://{bucket}/gone"
+    sim = model_sim_factory(slots=8, service_time=0.01)
+    n = 3000
+    write_uri(f"{root}/input.jsonl", jsonl(chat_line(i) for i in range(n)))
+    args = run_args(
+        f"{root}/input.jsonl",
+        f"{root}/output.jsonl",
+        f"{root}/work",
+        [sim.base_url],
+        *["--concurrency", "8", "--commit-every", "100", "--commit-interval", "0.2"],
+    )
+    short_retries = {**env, "OPENBATCH_S3_RETRY_SECONDS": "2"}
+    proc = start_openbatch(args, env=short_retries)
+    wait_for(lambda: committed_lines(f"{root}/work") >= 300, 60, "300 committed lines")
+    seaweed_outage.stop()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert "storage error" in stderr
+    seaweed_outage.start()
+    again = start_openbatch(args, env=env)
+    _, stderr = again.communicate(timeout=180)
+    assert again.returncode == 0, stderr
+    assert "resuming shard 0" in stderr
+    out = parse_lines(read_uri(f"{root}/output.jsonl"))
+    assert_exactly_once({f"req-{i}" for i in range(n)}, out, [])
