@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 import orjson
+from pydantic import ValidationError
 
 from openbatch.jsonl import iter_lines
 from openbatch.layout import cancel_key, progress_key, validation_key
@@ -30,6 +31,7 @@ from openbatch_runner.committer import Committer, scan_committed
 from openbatch_runner.config import ExitCode, RunConfig
 from openbatch_runner.finalize import finalize
 from openbatch_runner.outcome import Reply, result_line, unrun_line
+from openbatch_runner.parts import CorruptPart
 from openbatch_runner.progress_view import ProgressView, Snapshot
 from openbatch_runner.retry import AttemptKind, RetryPolicy, backoff_delay, should_retry
 from openbatch_runner.source import shard_lines, take
@@ -94,6 +96,10 @@ class Runner:
         except StorageError as exc:
             self.view.message(f"storage error: {exc}")
             return ExitCode.USAGE if not exc.transient else ExitCode.INFRASTRUCTURE
+        except (CorruptPart, ValidationError) as exc:
+            # Something other than a runner wrote into the work dir: retrying cannot help.
+            self.view.message(f"error: the work dir {self.cfg.work_dir} is corrupt: {exc}")
+            return ExitCode.USAGE
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

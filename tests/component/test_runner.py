@@ -545,3 +545,12 @@ def test_api_key_is_sent_to_the_model_server(
         env={"OPENBATCH_API_KEY": "sk-local-123"},
     )  # fmt: skip
     assert from_env.returncode == 0 and len(outputs(local)[0]) == 5
+
+
+def test_corrupt_work_dir_is_a_clear_error(local: Place, model_sim: SimHandle) -> None:
+    make_batch(local, 20)
+    write_uri(local.uri("work/shard-0/out-00000000-deadbeef.jsonl"), b"not a part header\n")
+    proc = run(local, model_sim)
+    assert proc.returncode == 2
+    assert "work dir" in proc.stderr and "corrupt" in proc.stderr
+    assert model_sim.stats()["requests"] == 0
