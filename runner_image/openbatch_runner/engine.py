@@ -79,6 +79,7 @@ class Runner:
         self._unrun_written = 0
         self.aimd: AimdController | None = None
         self.window: Window | None = None
+        self._owns_work_dir = False  # True once the work dir is known to be this input's
 
     # ----------------------------------------------------------------- entry point
     async def run(self) -> int:
@@ -91,18 +92,28 @@ class Runner:
         try:
             return await self._run()
         except UsageError as exc:
-            self.view.message(f"error: {exc}")
-            return ExitCode.USAGE
+            return await self._give_up(f"error: {exc}", ExitCode.USAGE)
         except StorageError as exc:
-            self.view.message(f"storage error: {exc}")
-            return ExitCode.USAGE if not exc.transient else ExitCode.INFRASTRUCTURE
+            code = ExitCode.INFRASTRUCTURE if exc.transient else ExitCode.USAGE
+            return await self._give_up(f"storage error: {exc}", code)
         except (CorruptPart, ValidationError) as exc:
             # Something other than a runner wrote into the work dir: retrying cannot help.
-            self.view.message(f"error: the work dir {self.cfg.work_dir} is corrupt: {exc}")
-            return ExitCode.USAGE
+            message = f"error: the work dir {self.cfg.work_dir} is corrupt: {exc}"
+            return await self._give_up(message, ExitCode.USAGE)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+    async def _give_up(self, message: str, code: int) -> int:
+        """Say why, and leave the reason in the progress record for the operator (best
+        effort: the storage that failed may be the one we would write it to)."""
+        self.view.message(message)
+        # Never overwrite the record of a work dir that belongs to another input.
+        if self._owns_work_dir and not self.record.state.terminal:
+            self.record.message = message
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._write_progress(), timeout=10)
+        return code
 
     def request_stop(self, reason: StopReason) -> None:
         # The first stop decides the outcome: a SIGTERM during a cancel does not turn the
@@ -137,13 +148,16 @@ class Runner:
     async def _prepare(self) -> int | None:
         """Check the input and the work dir, validate; an exit code means: stop here."""
         cfg = self.cfg
+        previous = await self._read_progress()
         info = await asyncio.to_thread(self.in_store.stat, self.in_key)
         if info is None:
+            self._owns_work_dir = previous is None
             raise UsageError(f"input file {cfg.input} does not exist")
         fingerprint = InputFingerprint(uri=cfg.input, size=info.size, etag=info.etag)
-        previous = await self._read_progress()
         if previous is not None:
             self._check_same_input(previous, fingerprint)
+        self._owns_work_dir = True  # no record yet, or the record is this input's
+        if previous is not None:
             if previous.state is RunState.FAILED:
                 return self._report_invalid(previous)
             if previous.state.terminal:

@@ -241,6 +241,17 @@ def test_usage_errors_exit_2(local: Place, model_sim: SimHandle) -> None:
     write_uri(local.uri("input.jsonl"), jsonl(chat_line(i) for i in range(6)))
     other = run(local, model_sim)
     assert other.returncode == 2 and "different input" in other.stderr
+    kept = progress(local.uri("work"))  # the refusal leaves the other input's record alone
+    assert kept is not None and kept.state is RunState.COMPLETED and kept.input is not None
+
+
+def test_a_usage_error_is_left_in_the_progress_record(local: Place, model_sim: SimHandle) -> None:
+    """The operator has no access to pod logs: the reason travels in the progress record."""
+    proc = run(local, model_sim, input_uri=local.uri("missing.jsonl"))
+    assert proc.returncode == 2
+    record = progress(local.uri("work"))
+    assert record is not None and not record.state.terminal
+    assert "missing.jsonl does not exist" in (record.message or "")
 
 
 def test_routing_table(local: Place, model_sim_factory: ModelSimFactory) -> None:

@@ -219,6 +219,19 @@ def test_unknown_model_fails_with_model_not_found(cluster: Cluster, tmp_path: Pa
     assert cluster.sim.stats()["requests"] == 0
 
 
+def test_runner_failure_is_reported_with_its_reason(cluster: Cluster, tmp_path: Path) -> None:
+    """Failed (RunnerFailed) with a message that says why, without reading pod logs."""
+    cluster.start_operator()
+    cluster.apply(cluster.batchjob("lost", "no-such-input.jsonl"), tmp_path)
+    status = cluster.wait_phase("lost", TERMINAL)["status"]
+    assert status["phase"] == "Failed", status
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RunnerFailed"
+    assert "no-such-input.jsonl does not exist" in status["message"]
+    job = cluster.kube.get("jobs", "lost-runner")
+    assert job is not None and job["status"].get("failed") == 1  # exit 2: not retried
+
+
 def _slow(cluster: Cluster, slots: int = 2, service: float = 0.05) -> None:
     cluster.sim.configure(slots=slots, service_time=service)
 
