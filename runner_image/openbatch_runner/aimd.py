@@ -5,6 +5,9 @@ the window grows by about one request per round trip while latency stays near th
 seen, and halves on 429/503/timeouts or when latency shows requests queueing
 inside the server. Like TCP, it cuts at most once per round trip: only a reply to a request
 sent after the last cut can cut again, so one congestion episode costs one cut.
+It starts in slow start (+1 per reply, doubling per round trip) until the first sign of
+congestion, so a batch reaches a large server's capacity in a few round trips rather than
+one request per round trip from a standing start.
 Pure: time comes in as an argument, so it is table-tested without clocks.
 """
 
@@ -26,6 +29,7 @@ class AimdController:
     _epoch_start: float | None = field(init=False, default=None)
     _epoch_min: float = field(init=False, default=float("inf"))
     _previous_min: float = field(init=False, default=float("inf"))
+    slow_start: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
         self.limit = float(max(self.min_limit, min(self.max_limit, self.initial)))
@@ -53,7 +57,8 @@ class AimdController:
         if baseline > 0 and latency > self.latency_factor * baseline:
             self._decrease(now - latency, now, self.queueing_factor)
             return
-        self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
+        step = 1.0 if self.slow_start else 1.0 / self.limit
+        self.limit = min(float(self.max_limit), self.limit + step)
 
     def on_overload(self, now: float, latency: float = 0.0) -> None:
         """A 429/503 or a timeout: the server says it has no room."""
@@ -63,4 +68,5 @@ class AimdController:
         if sent_at < self._last_decrease:
             return  # sent before the last cut: the same congestion, already answered
         self._last_decrease = now
+        self.slow_start = False
         self.limit = max(float(self.min_limit), self.limit * factor)

@@ -1,8 +1,21 @@
 from openbatch_runner.aimd import AimdController
 
 
+def test_slow_start_doubles_per_round_trip_until_congestion() -> None:
+    c = AimdController(initial=4, max_limit=1000)
+    now = 0.0
+    for _ in range(3):  # three round trips of replies at steady latency
+        for _ in range(c.window):
+            now += 0.001
+            c.on_success(0.1, now)
+    assert c.window == 32
+    c.on_overload(now + 1.0)
+    assert not c.slow_start and c.window == 16
+
+
 def test_window_grows_about_one_per_round_trip_at_steady_latency() -> None:
     c = AimdController(initial=4, max_limit=100)
+    c.slow_start = False  # congestion avoidance, as after the first cut
     now = 0.0
     for _ in range(4):  # one window's worth of replies
         now += 0.01
@@ -68,9 +81,11 @@ def test_closed_loop_settles_near_the_server_capacity() -> None:
         now += latency
         peak = max(peak, c.window)
         windows.append(c.window)
-    settled = windows[500:]
+    settled = windows[100:]
     assert min(settled) >= slots // 2  # the server is kept busy ...
-    assert peak <= 3 * slots  # ... and the queue stays bounded
+    assert max(settled) <= 3 * slots  # ... and the queue stays bounded
+    assert peak <= 5 * slots  # slow start overshoots by at most about one round trip
+    assert windows.index(max(windows[:20])) < 20  # and gets there in a few round trips
 
 
 def test_baseline_follows_a_server_that_became_slower_for_good() -> None:
