@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
-from tests.fixtures.model_sim import ModelSimFactory
+from tests.fixtures.model_sim import ModelSimFactory, SimHandle
 from tests.fixtures.s3 import SeaweedServer, unique_bucket_name
 from tests.runner_support import (
     assert_exactly_once,
@@ -25,31 +27,47 @@ from tests.runner_support import (
 OUTAGE_SECONDS = 3.0  # the outage itself is what is being tested, so its length is fixed
 
 
-def test_s3_outage_mid_run(
+@dataclass
+class OutageRun:
+    root: str
+    args: list[str]
+    env: dict[str, str]
+    sim: SimHandle
+
+
+@pytest.fixture
+def outage_run(
     seaweed_outage: SeaweedServer,
     model_sim_factory: ModelSimFactory,
     monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[int], OutageRun]:
+    """A batch of n lines on the test's own SeaweedFS, committed every 100 lines or 0.2 s."""
+
+    def make(n: int) -> OutageRun:
+        env = seaweed_outage.env()
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        root = f"s3://{seaweed_outage.make_bucket(unique_bucket_name())}/outage"
+        sim = model_sim_factory(slots=8, service_time=0.01)
+        write_uri(f"{root}/input.jsonl", jsonl(chat_line(i) for i in range(n)))
+        args = run_args(
+            f"{root}/input.jsonl",
+            f"{root}/output.jsonl",
+            f"{root}/work",
+            [sim.base_url],
+            *["--concurrency", "8", "--commit-every", "100", "--commit-interval", "0.2"],
+        )
+        return OutageRun(root, args, env, sim)
+
+    return make
+
+
+def test_s3_outage_mid_run(
+    outage_run: Callable[[int], OutageRun], seaweed_outage: SeaweedServer
 ) -> None:
-    env = seaweed_outage.env()
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    bucket = seaweed_outage.make_bucket(unique_bucket_name())
-    root = f"s3://{bucket}/outage"
-    sim = model_sim_factory(slots=8, service_time=0.01)
     n = 2500
-    write_uri(f"{root}/input.jsonl", jsonl(chat_line(i) for i in range(n)))
-    args = run_args(
-        f"{root}/input.jsonl",
-        f"{root}/output.jsonl",
-        f"{root}/work",
-        [sim.base_url],
-        "--concurrency",
-        "8",
-        "--commit-every",
-        "100",
-        "--commit-interval",
-        "0.2",
-    )
+    run = outage_run(n)
+    root, args, env, sim = run.root, run.args, run.env, run.sim
     proc = start_openbatch(args, env=env)
     wait_for(lambda: committed_lines(f"{root}/work") >= 300, 60, "300 committed lines")
     seaweed_outage.stop()
@@ -70,27 +88,13 @@ def test_s3_outage_mid_run(
 
 
 def test_storage_gone_for_good_exits_1_and_the_rerun_resumes(
-    seaweed_outage: SeaweedServer,
-    model_sim_factory: ModelSimFactory,
-    monkeypatch: pytest.MonkeyPatch,
+    outage_run: Callable[[int], OutageRun], seaweed_outage: SeaweedServer
 ) -> None:
     """Past its retry budget the runner gives up with exit 1 (a Job retry resumes it)
     instead of hanging; nothing committed before the outage is lost."""
-    env = seaweed_outage.env()
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    bucket = seaweed_outage.make_bucket(unique_bucket_name())
-    root = f"s3://{bucket}/gone"
-    sim = model_sim_factory(slots=8, service_time=0.01)
     n = 3000
-    write_uri(f"{root}/input.jsonl", jsonl(chat_line(i) for i in range(n)))
-    args = run_args(
-        f"{root}/input.jsonl",
-        f"{root}/output.jsonl",
-        f"{root}/work",
-        [sim.base_url],
-        *["--concurrency", "8", "--commit-every", "100", "--commit-interval", "0.2"],
-    )
+    run = outage_run(n)
+    root, args, env = run.root, run.args, run.env
     short_retries = {**env, "OPENBATCH_S3_RETRY_SECONDS": "2"}
     proc = start_openbatch(args, env=short_retries)
     wait_for(lambda: committed_lines(f"{root}/work") >= 300, 60, "300 committed lines")
