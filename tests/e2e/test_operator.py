@@ -7,8 +7,11 @@ in docs/operator.md.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +36,7 @@ from tests.runner_support import (
     llama_chat_line,
     parse_lines,
     read_uri,
+    wait_for,
     write_uri,
 )
 
@@ -400,3 +404,48 @@ def test_batch_against_llama_cpp(cluster: Cluster, tmp_path: Path, llama_server:
     out, err = _results(status)
     assert_exactly_once({f"q{i}" for i in range(16)}, out, err)
     assert all(line.response and line.response.body["object"] == "chat.completion" for line in out)
+
+
+def test_the_operator_entrypoint_runs_batches(cluster: Cluster, tmp_path: Path) -> None:
+    """`python -m openbatch_operator` (the image's entrypoint), not only `kopf run`."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        **cluster.env,
+        "KUBECONFIG": str(cluster.kube.kubeconfig),
+        "OPENBATCH_OPERATOR_NAMESPACES": cluster.kube.namespace,
+        "OPENBATCH_OPERATOR_LIVENESS": f"http://127.0.0.1:{port}/healthz",
+    }
+    log = (tmp_path / "operator.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openbatch_operator"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def live() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    return True
+            except OSError:
+                return proc.poll() is not None  # stop waiting: the assert below says why
+
+        wait_for(live, 30, "the operator's liveness endpoint")
+        assert proc.poll() is None, (tmp_path / "operator.log").read_text()[-3000:]
+        cluster.upload("entry.jsonl", _lines(20))
+        cluster.apply(cluster.batchjob("entry", "entry.jsonl"), tmp_path)
+        status = cluster.wait_phase("entry", TERMINAL)["status"]
+        assert status["phase"] == "Completed", status
+        assert status["requestCounts"]["completed"] == 20
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "operator.log").read_text()[-3000:]
