@@ -319,7 +319,8 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
     if st.phase is None:
         b.phase(Phase.VALIDATING, "waiting for admission")
     if not started and not _admit(b, obs):
-        return b.phase(Phase.VALIDATING, st.conditions[-1].message)
+        queued = st.condition(ConditionType.ADMITTED)
+        return b.phase(Phase.VALIDATING, queued.message if queued else "waiting for a slot")
 
     st.runner_job_name = st.runner_job_name or runner_job_name(job)
     if not obs.runner.exists and not obs.runner.complete:

@@ -76,6 +76,11 @@ def test_full_operator_queues_the_batch() -> None:
     assert cond is not None and cond.status is ConditionStatus.FALSE and cond.reason == "Queued"
     assert "position 1" in cond.message
     assert d.status.runner_job_name is None
+    # still queued on the next reconcile: the message follows the queue
+    job = make_job(Phase.VALIDATING).model_copy(update={"status": d.status})
+    again = reconcile(job, Observed(admitted_elsewhere=2, ahead_in_queue=3, max_concurrent=2), NOW)
+    assert again.status.message is not None and "position 4" in again.status.message
+    assert again.events == []  # no phase change, no new Event
     # a batch ahead in the queue takes the last free slot first
     d = reconcile(
         make_job(), Observed(admitted_elsewhere=1, ahead_in_queue=1, max_concurrent=2), NOW
