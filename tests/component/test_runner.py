@@ -70,15 +70,21 @@ def make_batch(place: Place, n: int, **extra_body: Any) -> tuple[str, set[str]]:
     return uri, {f"req-{i}" for i in range(n)}
 
 
-def run(place: Place, sim: SimHandle, *extra: str, input_uri: str | None = None) -> Any:
-    args = run_args(
+def batch_args(
+    place: Place, sim: SimHandle, *extra: str, input_uri: str | None = None
+) -> list[str]:
+    """`run` arguments for the place's standard input, output and work dir."""
+    return run_args(
         input_uri or place.uri("input.jsonl"),
         place.uri("output.jsonl"),
         place.uri("work"),
         [sim.base_url],
         *extra,
     )
-    return run_openbatch(args, env=place.env)
+
+
+def run(place: Place, sim: SimHandle, *extra: str, input_uri: str | None = None) -> Any:
+    return run_openbatch(batch_args(place, sim, *extra, input_uri=input_uri), env=place.env)
 
 
 def outputs(place: Place) -> tuple[list[Any], list[Any]]:
@@ -314,11 +320,9 @@ def _wait_progress(work: str, at_least: int) -> None:
 def test_cancel_marker(local: Place, model_sim_factory: ModelSimFactory) -> None:
     sim = model_sim_factory(slots=4, service_time=0.05)
     _, ids = make_batch(local, 400)
-    args = run_args(
-        local.uri("input.jsonl"),
-        local.uri("output.jsonl"),
-        local.uri("work"),
-        [sim.base_url],
+    args = batch_args(
+        local,
+        sim,
         "--concurrency",
         "4",
         "--commit-interval",
@@ -372,11 +376,9 @@ def test_deadline_expires_unrun_lines(local: Place, model_sim_factory: ModelSimF
 def test_sigterm_commits_and_resumes(local: Place, model_sim_factory: ModelSimFactory) -> None:
     sim = model_sim_factory(slots=4, service_time=0.02)
     _, ids = make_batch(local, 600)
-    args = run_args(
-        local.uri("input.jsonl"),
-        local.uri("output.jsonl"),
-        local.uri("work"),
-        [sim.base_url],
+    args = batch_args(
+        local,
+        sim,
         "--concurrency",
         "4",
         "--commit-interval",
@@ -406,11 +408,9 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
 ) -> None:
     sim = model_sim_factory(slots=16, service_time=0.01)
     _, ids = make_batch(place, 3000)
-    args = run_args(
-        place.uri("input.jsonl"),
-        place.uri("output.jsonl"),
-        place.uri("work"),
-        [sim.base_url],
+    args = batch_args(
+        place,
+        sim,
         "--concurrency",
         "16",
         "--commit-every",
