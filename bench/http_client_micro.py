@@ -43,11 +43,12 @@ def _cpu_seconds(usage: resource.struct_rusage) -> float:
 
 
 async def _drive(kind: str, url: str, requests: int, concurrency: int, warmup: int) -> None:
-    from openbatch_runner.client import ClientKind, make_client
+    from openbatch.runner_args import HttpClientKind
+    from openbatch_runner.client import make_client
     from openbatch_runner.retry import AttemptKind
 
     client = make_client(
-        ClientKind(kind), request_timeout=60.0, api_key=None, max_connections=2 * concurrency
+        HttpClientKind(kind), request_timeout=60.0, api_key=None, max_connections=2 * concurrency
     )
     failures = 0
 

@@ -1,4 +1,11 @@
-"""Object layout of a batch's work dir (DESIGN §4).
+"""Object layout (DESIGN §4): a storage root, and a batch's work dir inside it.
+
+Under a root (`s3://bucket/prefix` or a local directory; one per tenant with tenancy):
+```
+<root>/files/<tenant>/<file_id>           uploaded and generated files (metadata with the object)
+<root>/batches/<tenant>/<batch_id>/       a batch's work dir (below)
+```
+A batch's work dir:
 
 ```
 <work>/validation.json                 validation result (OpenAI errors object)
@@ -24,6 +31,32 @@ class PartKind(StrEnum):
 
 def _join(work: str, name: str) -> str:
     return f"{work.rstrip('/')}/{name}" if work else name
+
+
+FILES_DIR = "files"
+BATCHES_DIR = "batches"
+
+
+def root_join(root: str, *parts: str) -> str:
+    """`root` + "/" + parts, one slash between each: a URI when `root` is one, else a path."""
+    out = root.rstrip("/")
+    for part in parts:
+        if part.strip("/"):
+            out = _join(out, part.strip("/"))
+    return out
+
+
+def files_prefix(root: str, tenant: str) -> str:
+    """Where a tenant's files live (ends with "/", for listing)."""
+    return root_join(root, FILES_DIR, tenant) + "/"
+
+
+def file_location(root: str, tenant: str, file_id: str) -> str:
+    return root_join(root, FILES_DIR, tenant, file_id)
+
+
+def batch_work_dir(root: str, tenant: str, batch_id: str) -> str:
+    return root_join(root, BATCHES_DIR, tenant, batch_id)
 
 
 def shard_prefix(work: str, shard: int) -> str:

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from openbatch.endpoints import Endpoint
+from openbatch.runner_args import DEFAULT_IN_FLIGHT, DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT
 
 GROUP = "openbatch.dev"
 VERSION = "v1alpha1"
@@ -179,10 +180,10 @@ class ModelServer(SpecModel):
 class Concurrency(SpecModel):
     """Per-batch request concurrency and retry bounds (DESIGN §6)."""
 
-    max_in_flight: int = Field(default=64, ge=1, le=4096)
+    max_in_flight: int = Field(default=DEFAULT_IN_FLIGHT, ge=1, le=4096)
     adaptive: bool = False
-    request_timeout_seconds: int = Field(default=600, ge=1, le=3600)
-    max_attempts: int = Field(default=5, ge=1, le=20)
+    request_timeout_seconds: int = Field(default=int(DEFAULT_REQUEST_TIMEOUT), ge=1, le=3600)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=20)
 
 
 MetadataKey = Annotated[str, StringConstraints(max_length=MAX_METADATA_KEY_LENGTH)]

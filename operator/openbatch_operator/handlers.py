@@ -16,24 +16,21 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from pydantic import ValidationError
 
-from openbatch.resource import GROUP, PLURAL, VERSION, BatchJob
-from openbatch_operator.admission import BatchKey, QueueEntry, slots_view
-from openbatch_operator.errors import InvalidResource, OperatorError, to_kopf
-from openbatch_operator.locations import locations_of
-from openbatch_operator.metrics import Metrics
-from openbatch_operator.port import ClusterPort, StoragePort
-from openbatch_operator.reconcile import (
+from openbatch.admission import BatchKey, QueueEntry, slots_view
+from openbatch.lifecycle import (
     TERMINAL_PHASES,
     Decision,
     Observed,
-    reconcile,
-)
-from openbatch_operator.resources import (
-    build_finalize_job,
-    build_runner_job,
     finalize_job_name,
+    reconcile,
     runner_job_name,
 )
+from openbatch.locations import locations_of
+from openbatch.resource import GROUP, PLURAL, VERSION, BatchJob
+from openbatch_operator.errors import InvalidResource, OperatorError, to_kopf
+from openbatch_operator.metrics import Metrics
+from openbatch_operator.port import ClusterPort, StoragePort
+from openbatch_operator.resources import build_finalize_job, build_runner_job
 from openbatch_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()  # read at import: kopf needs the timer interval up front
@@ -148,7 +145,7 @@ async def reconcile_once(
         if job.status.phase in TERMINAL_PHASES:
             return None
         cfg = state.settings
-        where = locations_of(job, cfg.bucket)
+        where = locations_of(job, cfg.storage_root)
         shards, result, marker = await state.storage.observe(where.work_uri, job.spec.parallelism)
         runner = await state.cluster.read_job(namespace, runner_job_name(job))
         finalize = await state.cluster.read_job(namespace, finalize_job_name(job))
@@ -181,7 +178,7 @@ async def _apply(
 ) -> None:
     namespace = job.metadata.namespace or "default"
     cfg = state.settings
-    where = locations_of(job, cfg.bucket)
+    where = locations_of(job, cfg.storage_root)
     deadline = job.deadline() or now
     if decision.write_cancel_marker:
         await state.storage.write_cancel_marker(where.work_uri)

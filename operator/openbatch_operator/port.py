@@ -11,17 +11,21 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from openbatch.layout import cancel_key, progress_key, result_key
+from openbatch.lifecycle import ABSENT, RunnerState
 from openbatch.progress import FinalResult, ProgressRecord
 from openbatch.resource import GROUP, PLURAL, VERSION
 from openbatch.storage import ObjectNotFound, ObjectStore, StorageError, open_uri
 from openbatch_operator.errors import KubernetesUnavailable, StorageUnavailable
-from openbatch_operator.reconcile import ABSENT, JobState
 
 HTTP_NOT_FOUND = 404
 HTTP_CONFLICT = 409
 
 
-def job_state(obj: Any) -> JobState:
+# The reason the Job controller gives when activeDeadlineSeconds (our backstop) killed it.
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+def job_state(obj: Any) -> RunnerState:
     """Summarise a `V1Job` (or its dict form) into what reconcile needs."""
     data: dict[str, Any] = (
         obj if isinstance(obj, dict) else k8s.ApiClient().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
@@ -31,14 +35,13 @@ def job_state(obj: Any) -> JobState:
     complete = (conditions.get("Complete") or {}).get("status") == "True"
     failed = conditions.get("Failed") or {}
     failed_for_good = failed.get("status") == "True"
-    return JobState(
+    reason = failed.get("reason") if failed_for_good else None
+    return RunnerState(
         exists=True,
-        active=int(status.get("active") or 0),
-        succeeded=int(status.get("succeeded") or 0),
-        failed=int(status.get("failed") or 0),
         complete=complete,
         failed_for_good=failed_for_good,
-        reason=failed.get("reason") if failed_for_good else None,
+        stopped_at_deadline=reason == DEADLINE_EXCEEDED,
+        reason=reason,
         message=failed.get("message") if failed_for_good else None,
     )
 
@@ -75,7 +78,7 @@ class ClusterPort:
                 return  # deleted meanwhile: nothing left to report on
             raise KubernetesUnavailable(f"patching {namespace}/{name} status: {exc}") from exc
 
-    async def read_job(self, namespace: str, name: str) -> JobState:
+    async def read_job(self, namespace: str, name: str) -> RunnerState:
         try:
             job = await asyncio.to_thread(self._batch.read_namespaced_job, name, namespace)
         except ApiException as exc:

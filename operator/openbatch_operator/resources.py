@@ -6,38 +6,19 @@ Job. Pods run with the restricted Pod Security profile and no service-account to
 runner parses untrusted input and talks only to object storage and model servers.
 """
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
-from openbatch.resource import API_VERSION, KIND, BatchJob, format_time
-from openbatch_operator.locations import BatchLocations
+from openbatch.launch import ModelTarget, finalize_args_for, runner_args_for
+from openbatch.lifecycle import finalize_job_name, runner_job_name
+from openbatch.locations import BatchLocations
+from openbatch.resource import API_VERSION, KIND, BatchJob
+from openbatch.runner_args import FINAL_EXIT_CODES
 from openbatch_operator.settings import OperatorSettings
 
 ROUTING_MOUNT = "/etc/openbatch/routing"
 LABEL_BATCHJOB = "openbatch.dev/batchjob"
 LABEL_ROLE = "openbatch.dev/role"
-EXIT_USAGE = 2
-EXIT_INVALID_INPUT = 3
-MAX_NAME = 63
-
-
-def child_name(batch_name: str, suffix: str) -> str:
-    """`<batch>-<suffix>`, shortened with a hash when it would pass 63 characters."""
-    name = f"{batch_name}-{suffix}"
-    if len(name) <= MAX_NAME:
-        return name
-    digest = hashlib.sha256(batch_name.encode()).hexdigest()[:8]
-    keep = MAX_NAME - len(suffix) - len(digest) - 2
-    return f"{batch_name[:keep].rstrip('-')}-{digest}-{suffix}"
-
-
-def runner_job_name(job: BatchJob) -> str:
-    return child_name(job.metadata.name, "runner")
-
-
-def finalize_job_name(job: BatchJob) -> str:
-    return child_name(job.metadata.name, "finalize")
 
 
 def model_server_url(job: BatchJob, settings: OperatorSettings) -> str | None:
@@ -160,46 +141,21 @@ def _pod_template(
 def runner_args(
     job: BatchJob, where: BatchLocations, settings: OperatorSettings, deadline: datetime
 ) -> list[str]:
-    spec = job.spec
-    shards = spec.parallelism
-    args = [
-        "run",
-        where.input_uri,
-        "--output",
-        where.output_uri,
-        "--errors",
-        where.error_uri,
-        "--work-dir",
-        where.work_uri,
-        "--endpoint",
-        spec.endpoint.value,
-        "--concurrency",
-        str(spec.concurrency.max_in_flight),
-        "--max-attempts",
-        str(spec.concurrency.max_attempts),
-        "--request-timeout",
-        str(spec.concurrency.request_timeout_seconds),
-        "--deadline",
-        format_time(deadline),
-        "--grace-period",
-        str(settings.runner_grace_seconds),
-        "--commit-interval",
-        str(settings.commit_interval_seconds),
-        "--progress",
-        "log",
-    ]
-    if spec.concurrency.adaptive:
-        args.append("--adaptive")
-    if shards > 1:
-        # Kubernetes expands $(VAR) from the container's env; the Job controller sets
-        # JOB_COMPLETION_INDEX for every pod of an Indexed Job.
-        args += ["--shard", f"$(JOB_COMPLETION_INDEX)/{shards}"]
     url = model_server_url(job, settings)
-    if url is not None:
-        args += ["--base-url", url]
-    else:
-        args += ["--models", f"{ROUTING_MOUNT}/{settings.routing_key}"]
-    return args
+    target = (
+        ModelTarget(base_urls=(url,))
+        if url is not None
+        else ModelTarget(routing_file=f"{ROUTING_MOUNT}/{settings.routing_key}")
+    )
+    return runner_args_for(
+        job,
+        where,
+        target,
+        deadline=deadline,
+        shard_from_job_index=True,
+        grace_period=settings.runner_grace_seconds,
+        commit_interval=settings.commit_interval_seconds,
+    ).to_argv()
 
 
 def build_runner_job(
@@ -231,7 +187,7 @@ def build_runner_job(
                     "onExitCodes": {
                         "containerName": "runner",
                         "operator": "In",
-                        "values": [EXIT_USAGE, EXIT_INVALID_INPUT],
+                        "values": [int(code) for code in FINAL_EXIT_CODES],
                     },
                 }
             ]
@@ -259,17 +215,7 @@ def build_finalize_job(
     job: BatchJob, where: BatchLocations, settings: OperatorSettings
 ) -> dict[str, Any]:
     """The short Job that joins the parts of every shard (DESIGN §2.5)."""
-    args = [
-        "finalize",
-        "--work-dir",
-        where.work_uri,
-        "--shards",
-        str(job.spec.parallelism),
-        "--output",
-        where.output_uri,
-        "--errors",
-        where.error_uri,
-    ]
+    args = finalize_args_for(job, where).to_argv()
     template = _pod_template(job, settings, "finalize", args, routing=False)
     return {
         "apiVersion": "batch/v1",

@@ -3,6 +3,9 @@
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from openbatch.layout import root_join
+from openbatch.runner_args import DEFAULT_GRACE_PERIOD
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENBATCH_OPERATOR_", extra="ignore")
@@ -15,6 +18,10 @@ class OperatorSettings(BaseSettings):
     bucket: str = Field(
         default="openbatch",
         description="bucket for uploaded files, work dirs and results (DESIGN §4)",
+    )
+    prefix: str = Field(
+        default="",
+        description="key prefix inside the bucket under which OpenBatch keeps its objects",
     )
     s3_endpoint: str = Field(
         default="http://minio:9000", description="S3 endpoint the runner pods use"
@@ -37,8 +44,11 @@ class OperatorSettings(BaseSettings):
         default=3, ge=0, le=100, description="Job retries for infrastructure failures"
     )
     runner_ttl_seconds: int = Field(default=3600, ge=0, description="Job TTL after finishing")
-    runner_grace_seconds: int = Field(
-        default=30, ge=1, le=3600, description="in-flight grace after cancel/expiry"
+    runner_grace_seconds: float = Field(
+        default=DEFAULT_GRACE_PERIOD,
+        ge=0,
+        le=3600,
+        description="in-flight grace after cancel/expiry",
     )
     deadline_backstop_seconds: int = Field(
         default=300,
@@ -55,3 +65,8 @@ class OperatorSettings(BaseSettings):
     )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables metrics")
     cluster_domain: str = Field(default="cluster.local")
+
+    @property
+    def storage_root(self) -> str:
+        """`s3://<bucket>[/<prefix>]`: the root every batch's locations are computed under."""
+        return root_join(f"s3://{self.bucket}", self.prefix)

@@ -2,18 +2,25 @@
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
 from openbatch.routing import RoutingTable
+from openbatch.runner_args import (
+    DEFAULT_COMMIT_EVERY,
+    DEFAULT_COMMIT_INTERVAL,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_IN_FLIGHT,
+    DEFAULT_LOG_INTERVAL,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY_BASE_DELAY,
+    DEFAULT_RETRY_MAX_DELAY,
+    DEFAULT_TERM_GRACE,
+    HttpClientKind,
+    ProgressMode,
+)
 from openbatch.validation import ValidationLimits
-from openbatch_runner.client import ClientKind
-
-
-class ProgressMode(StrEnum):
-    AUTO = "auto"  # a bar on a terminal, log lines otherwise
-    BAR = "bar"
-    LOG = "log"
-    NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -25,35 +32,24 @@ class RunConfig:
     endpoint: str = "/v1/chat/completions"
     base_urls: tuple[str, ...] = ()
     routing: RoutingTable | None = None
-    concurrency: int = 64
+    concurrency: int = DEFAULT_IN_FLIGHT
     adaptive: bool = False
-    max_concurrency: int = 1024  # ceiling for --adaptive
-    max_attempts: int = 5
-    request_timeout: float = 600.0
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # ceiling for --adaptive
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     deadline: datetime | None = None
     shard: int = 0
     shards: int = 1
     api_key: str | None = None
-    commit_every: int = 1000
-    commit_interval: float = 5.0
+    commit_every: int = DEFAULT_COMMIT_EVERY
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL
     limits: ValidationLimits = field(default_factory=ValidationLimits)
-    poll_interval: float = 2.0
-    grace_period: float = 30.0  # in-flight requests may finish this long after cancel/expiry
-    term_grace: float = 20.0  # ... and after SIGTERM (Kubernetes gives 30 s by default)
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    grace_period: float = DEFAULT_GRACE_PERIOD
+    term_grace: float = DEFAULT_TERM_GRACE
     progress: ProgressMode = ProgressMode.AUTO
-    log_interval: float = 10.0
+    log_interval: float = DEFAULT_LOG_INTERVAL
     finalize: bool = True
-    retry_base_delay: float = 0.5
-    retry_max_delay: float = 30.0
-    http_client: ClientKind = ClientKind.RAW  # B1: a third of aiohttp's CPU per request
-
-
-class ExitCode:
-    """Process exit codes; the operator maps them to Job pod-failure policy."""
-
-    DONE = 0  # completed, cancelled or expired: the work is over (lines may have failed)
-    INFRASTRUCTURE = 1  # storage gave up, unexpected error: a retry may help
-    USAGE = 2  # bad options, missing input, work dir of another input: a retry cannot help
-    INVALID_INPUT = 3  # the input failed validation; errors were printed and stored
-    INTERRUPTED = 75  # SIGTERM: committed what was done; rerun to resume (EX_TEMPFAIL)
-    KEYBOARD = 130  # SIGINT: like SIGTERM, from a terminal
+    retry_base_delay: float = DEFAULT_RETRY_BASE_DELAY
+    retry_max_delay: float = DEFAULT_RETRY_MAX_DELAY
+    http_client: HttpClientKind = HttpClientKind.RAW  # B1: a third of aiohttp's CPU per request

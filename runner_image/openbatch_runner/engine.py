@@ -22,17 +22,19 @@ from openbatch.layout import cancel_key, progress_key, validation_key
 from openbatch.lines import LineErrorCode
 from openbatch.progress import InputFingerprint, ProgressRecord, RunState
 from openbatch.routing import endpoint_url
+from openbatch.runner_args import ExitCode
 from openbatch.storage import StorageError, open_uri
 from openbatch.usage import to_batch_usage
 from openbatch.validation import StreamingValidator, ValidationReport
 from openbatch_runner.aimd import AimdController
 from openbatch_runner.client import ModelClient, make_client
 from openbatch_runner.committer import Committer, scan_committed
-from openbatch_runner.config import ExitCode, RunConfig
+from openbatch_runner.config import RunConfig
 from openbatch_runner.finalize import finalize
-from openbatch_runner.outcome import Reply, result_line, unrun_line
+from openbatch_runner.outcome import result_line, unrun_line
 from openbatch_runner.parts import CorruptPart
 from openbatch_runner.progress_view import ProgressView, Snapshot
+from openbatch_runner.reply import Reply
 from openbatch_runner.retry import AttemptKind, RetryPolicy, backoff_delay, should_retry
 from openbatch_runner.source import shard_lines, take
 from openbatch_runner.window import Window

@@ -4,8 +4,7 @@ import asyncio
 
 import aiohttp
 
-from openbatch_runner.client import error_reply, ok_reply
-from openbatch_runner.outcome import Reply
+from openbatch_runner.reply import Reply, error_reply, ok_reply
 from openbatch_runner.retry import AttemptKind
 
 

@@ -24,8 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
-from openbatch_runner.client import error_reply, ok_reply
-from openbatch_runner.outcome import Reply
+from openbatch_runner.reply import Reply, error_reply, ok_reply
 from openbatch_runner.retry import AttemptKind
 
 # A response this large is a broken or hostile server, not a model answer; holding it would

@@ -10,26 +10,14 @@
 """
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from openbatch.ids import new_request_id, new_request_line_id
 from openbatch.lines import LINE_ERROR_MESSAGES, LineErrorCode
 from openbatch.usage import ZERO_USAGE, UsageTuple, usage_of
+from openbatch_runner.reply import Reply
 from openbatch_runner.retry import AttemptKind
-
-
-@dataclass(slots=True)
-class Reply:
-    """What one HTTP attempt produced."""
-
-    kind: AttemptKind
-    status: int | None = None
-    body: Any = None  # parsed JSON (always a JSON value when kind is OK or HTTP_ERROR)
-    request_id: str | None = None
-    retry_after: float | None = None
-    detail: str = ""  # why there was no usable answer, for the error line
 
 
 @dataclass(slots=True)
@@ -45,19 +33,6 @@ _NO_ANSWER_CODES = {
     AttemptKind.CONNECTION: LineErrorCode.CONNECTION_ERROR,
     AttemptKind.INVALID_BODY: LineErrorCode.INVALID_RESPONSE,
 }
-
-
-def http_error_body(status: int, raw: bytes) -> dict[str, Any]:
-    """OpenAI's error envelope for a non-JSON error body, so error lines stay uniform."""
-    text = raw[:2000].decode("utf-8", errors="replace")
-    return {
-        "error": {
-            "message": text or f"HTTP {status}",
-            "type": "server_error" if status >= 500 else "invalid_request_error",
-            "param": None,
-            "code": None,
-        }
-    }
 
 
 def result_line(custom_id: str, reply: Reply, attempts: int) -> LineResult:

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from openbatch_runner.config import ProgressMode
+from openbatch.runner_args import ProgressMode
 
 BAR_WIDTH = 24
 

@@ -19,14 +19,15 @@ import orjson
 import pytest
 import uvloop
 
-from openbatch_runner.client import ClientKind, ModelClient, make_client
+from openbatch.runner_args import HttpClientKind
+from openbatch_runner.client import ModelClient, make_client
 from openbatch_runner.http_raw import RawHttpClient
-from openbatch_runner.outcome import Reply
+from openbatch_runner.reply import Reply
 from openbatch_runner.retry import AttemptKind
 from tests.fixtures.llama import LlamaHandle
 from tests.fixtures.model_sim import ModelSimFactory, SimHandle
 
-KINDS = [ClientKind.AIOHTTP, ClientKind.RAW]
+KINDS = [HttpClientKind.AIOHTTP, HttpClientKind.RAW]
 USER = [{"role": "user", "content": "hello there world"}]
 
 
@@ -35,7 +36,7 @@ def chat(**extra: Any) -> bytes:
 
 
 def new_client(
-    kind: ClientKind,
+    kind: HttpClientKind,
     *,
     request_timeout: float = 10.0,
     max_connections: int = 0,
@@ -47,13 +48,13 @@ def new_client(
 
 
 @pytest.fixture(params=KINDS, ids=[k.value for k in KINDS])
-def kind(request: pytest.FixtureRequest) -> ClientKind:
-    value: ClientKind = request.param
+def kind(request: pytest.FixtureRequest) -> HttpClientKind:
+    value: HttpClientKind = request.param
     return value
 
 
 @pytest.fixture
-async def client(kind: ClientKind) -> AsyncIterator[ModelClient]:
+async def client(kind: HttpClientKind) -> AsyncIterator[ModelClient]:
     c = new_client(kind)
     yield c
     await c.close()
@@ -232,7 +233,7 @@ async def test_dropped_connection_is_a_connection_error(
         assert ok.kind is AttemptKind.OK
 
 
-async def test_hang_times_out(kind: ClientKind, model_sim: SimHandle) -> None:
+async def test_hang_times_out(kind: HttpClientKind, model_sim: SimHandle) -> None:
     client = new_client(kind, request_timeout=0.5)
     try:
         started = time.monotonic()
@@ -256,7 +257,7 @@ async def test_invalid_json_is_an_invalid_body(client: ModelClient, model_sim: S
 
 
 async def test_many_concurrent_requests_respect_the_pool_limit(
-    kind: ClientKind, model_sim: SimHandle
+    kind: HttpClientKind, model_sim: SimHandle
 ) -> None:
     client = new_client(kind, max_connections=16)
     try:
@@ -335,7 +336,7 @@ async def test_unsupported_scheme_is_a_connection_error(client: ModelClient) -> 
 
 
 async def test_keep_alive_connections_are_reused(
-    kind: ClientKind, scripted: Callable[[Answer], Any]
+    kind: HttpClientKind, scripted: Callable[[Answer], Any]
 ) -> None:
     server: ScriptedServer = await scripted(keep_alive)
     client = new_client(kind, max_connections=4)
@@ -352,7 +353,7 @@ async def test_keep_alive_connections_are_reused(
         await client.close()
 
 
-async def test_request_bytes(kind: ClientKind, scripted: Callable[[Answer], Any]) -> None:
+async def test_request_bytes(kind: HttpClientKind, scripted: Callable[[Answer], Any]) -> None:
     server: ScriptedServer = await scripted(keep_alive)
     client = new_client(kind, api_key="sk-test")
     body = chat()
@@ -372,12 +373,12 @@ async def test_request_bytes(kind: ClientKind, scripted: Callable[[Answer], Any]
 
 @pytest.mark.parametrize("close_seen", [True, False], ids=["close-seen", "close-unseen"])
 async def test_server_restart_on_the_same_port(
-    kind: ClientKind,
+    kind: HttpClientKind,
     model_sim_factory: ModelSimFactory,
     close_seen: bool,
     request: pytest.FixtureRequest,
 ) -> None:
-    if kind is ClientKind.AIOHTTP and not close_seen:
+    if kind is HttpClientKind.AIOHTTP and not close_seen:
         # aiohttp drops a pooled connection only once its loop has processed the FIN; on
         # a connection whose close is still in flight a POST fails (it retries only
         # idempotent methods). The raw client retries such a request on a new connection.
@@ -438,7 +439,7 @@ async def test_raw_fresh_connection_failure_is_not_retried(
 
 
 async def test_cancellation_closes_the_connection(
-    client: ModelClient, kind: ClientKind, model_sim: SimHandle
+    client: ModelClient, kind: HttpClientKind, model_sim: SimHandle
 ) -> None:
     url = chat_url(model_sim)
     assert (await client.post(url, chat())).kind is AttemptKind.OK  # pool one connection
@@ -467,7 +468,7 @@ def chunked(_conn: int, _n: int) -> tuple[bytes | None, bool]:
     return data + b"0\r\n\r\n", True
 
 
-async def test_chunked_response(kind: ClientKind, scripted: Callable[[Answer], Any]) -> None:
+async def test_chunked_response(kind: HttpClientKind, scripted: Callable[[Answer], Any]) -> None:
     server: ScriptedServer = await scripted(chunked)
     client = new_client(kind)
     try:
@@ -482,7 +483,7 @@ async def test_chunked_response(kind: ClientKind, scripted: Callable[[Answer], A
 
 
 async def test_connection_close_is_honoured(
-    kind: ClientKind, scripted: Callable[[Answer], Any]
+    kind: HttpClientKind, scripted: Callable[[Answer], Any]
 ) -> None:
     server: ScriptedServer = await scripted(
         lambda _c, _n: (json_response(PAYLOAD, "Connection: close"), False)
@@ -496,7 +497,9 @@ async def test_connection_close_is_honoured(
     assert server.connections == 3
 
 
-async def test_body_read_until_close(kind: ClientKind, scripted: Callable[[Answer], Any]) -> None:
+async def test_body_read_until_close(
+    kind: HttpClientKind, scripted: Callable[[Answer], Any]
+) -> None:
     body = orjson.dumps(PAYLOAD)
     server: ScriptedServer = await scripted(
         lambda _c, _n: (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + body, False)
@@ -511,7 +514,7 @@ async def test_body_read_until_close(kind: ClientKind, scripted: Callable[[Answe
 
 
 async def test_truncated_body_is_a_connection_error(
-    kind: ClientKind, scripted: Callable[[Answer], Any]
+    kind: HttpClientKind, scripted: Callable[[Answer], Any]
 ) -> None:
     server: ScriptedServer = await scripted(
         lambda _c, _n: (json_response()[:-10], False)  # Content-Length promises more
@@ -525,7 +528,7 @@ async def test_truncated_body_is_a_connection_error(
 
 
 async def test_garbage_response_is_a_connection_error(
-    kind: ClientKind, scripted: Callable[[Answer], Any]
+    kind: HttpClientKind, scripted: Callable[[Answer], Any]
 ) -> None:
     server: ScriptedServer = await scripted(lambda _c, _n: (b"SSH-2.0-OpenSSH\r\n\r\n", False))
     client = new_client(kind)
@@ -537,7 +540,7 @@ async def test_garbage_response_is_a_connection_error(
 
 
 async def test_interim_100_continue_is_skipped(
-    kind: ClientKind, scripted: Callable[[Answer], Any]
+    kind: HttpClientKind, scripted: Callable[[Answer], Any]
 ) -> None:
     server: ScriptedServer = await scripted(
         lambda _c, _n: (b"HTTP/1.1 100 Continue\r\n\r\n" + json_response(), True)

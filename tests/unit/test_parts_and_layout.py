@@ -7,8 +7,9 @@ from openbatch.jsonl import iter_lines
 from openbatch.layout import PartKind, PartName, parse_part_name, part_key
 from openbatch.lines import OutputLine
 from openbatch_runner.bitmap import Bitmap
-from openbatch_runner.outcome import Reply, result_line, unrun_line
+from openbatch_runner.outcome import result_line, unrun_line
 from openbatch_runner.parts import CorruptPart, PartSummary, decode_header, encode_part
+from openbatch_runner.reply import Reply
 from openbatch_runner.retry import AttemptKind
 from openbatch_runner.source import shard_lines
 

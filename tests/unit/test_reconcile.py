@@ -7,16 +7,16 @@ from typing import Any
 
 import pytest
 
+from openbatch.admission import QueueEntry, queue_length, slots_view
+from openbatch.lifecycle import ABSENT, Observed, RunnerState, reconcile
 from openbatch.progress import FinalResult, ProgressRecord, RunState
 from openbatch.resource import BatchJob, ConditionStatus, ConditionType, Phase
 from openbatch.wire import BatchError, BatchErrors, BatchUsage
-from openbatch_operator.admission import QueueEntry, queue_length, slots_view
-from openbatch_operator.reconcile import ABSENT, JobState, Observed, reconcile
 
 CREATED = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 NOW = CREATED + timedelta(minutes=5)
-RUNNING = JobState(exists=True, active=1)
-DONE = JobState(exists=True, succeeded=1, complete=True)
+RUNNING = RunnerState(exists=True)
+DONE = RunnerState(exists=True, complete=True)
 
 
 def make_job(
@@ -187,8 +187,8 @@ def test_sharded_runner_done_starts_finalize() -> None:
 
 
 def test_runner_failure_is_reported() -> None:
-    failed = JobState(
-        exists=True, failed=4, failed_for_good=True, reason="BackoffLimitExceeded", message="x"
+    failed = RunnerState(
+        exists=True, failed_for_good=True, reason="BackoffLimitExceeded", message="x"
     )
     rec = record(RunState.INTERRUPTED, total=5, message="storage error: bucket gone")
     d = reconcile(admitted(Phase.IN_PROGRESS), Observed(runner=failed, shards=(rec,)), NOW)
@@ -200,7 +200,9 @@ def test_runner_failure_is_reported() -> None:
 
 
 def test_deadline_backstop_expires() -> None:
-    killed = JobState(exists=True, failed=1, failed_for_good=True, reason="DeadlineExceeded")
+    killed = RunnerState(
+        exists=True, failed_for_good=True, stopped_at_deadline=True, reason="DeadlineExceeded"
+    )
     d = reconcile(admitted(Phase.IN_PROGRESS), Observed(runner=killed), NOW)
     assert d.status.phase is Phase.EXPIRED
 

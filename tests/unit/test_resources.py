@@ -5,14 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from openbatch.lifecycle import child_name
+from openbatch.locations import locations_of
 from openbatch.resource import BatchJob
-from openbatch_operator.locations import locations_of
-from openbatch_operator.resources import (
-    build_finalize_job,
-    build_runner_job,
-    child_name,
-    model_server_url,
-)
+from openbatch_operator.port import job_state
+from openbatch_operator.resources import build_finalize_job, build_runner_job, model_server_url
 from openbatch_operator.settings import OperatorSettings
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -44,7 +41,7 @@ def container(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def test_runner_job_is_locked_down() -> None:
     j = job()
-    m = build_runner_job(j, locations_of(j, "ob"), SETTINGS, NOW + timedelta(hours=1), NOW)
+    m = build_runner_job(j, locations_of(j, "s3://ob"), SETTINGS, NOW + timedelta(hours=1), NOW)
     assert m["metadata"]["name"] == "nightly-runner"
     assert m["metadata"]["ownerReferences"][0] == {
         "apiVersion": "openbatch.dev/v1alpha1",
@@ -81,7 +78,7 @@ def test_runner_job_is_locked_down() -> None:
 
 def test_runner_args_point_at_the_batch_locations() -> None:
     j = job(concurrency={"maxInFlight": 7, "adaptive": True, "maxAttempts": 2})
-    where = locations_of(j, "ob")
+    where = locations_of(j, "s3://ob")
     args = container(build_runner_job(j, where, SETTINGS, NOW, NOW))["args"]
     assert args[:2] == ["run", "s3://ob/files/team-a/file-abc"]
     assert args[args.index("--work-dir") + 1] == where.work_uri
@@ -96,7 +93,7 @@ def test_runner_args_point_at_the_batch_locations() -> None:
 def test_model_server_override() -> None:
     j = job(modelServer={"serviceRef": {"name": "vllm", "port": 8000}})
     assert model_server_url(j, SETTINGS) == "http://vllm.team-a.svc.cluster.local:8000/v1"
-    m = build_runner_job(j, locations_of(j, "ob"), SETTINGS, NOW, NOW)
+    m = build_runner_job(j, locations_of(j, "s3://ob"), SETTINGS, NOW, NOW)
     args = container(m)["args"]
     assert args[args.index("--base-url") + 1].startswith("http://vllm.team-a")
     assert "--models" not in args
@@ -106,23 +103,23 @@ def test_model_server_override() -> None:
 
 def test_sharded_batch_is_an_indexed_job() -> None:
     j = job(parallelism=3)
-    m = build_runner_job(j, locations_of(j, "ob"), SETTINGS, NOW, NOW)
+    m = build_runner_job(j, locations_of(j, "s3://ob"), SETTINGS, NOW, NOW)
     assert m["spec"]["completionMode"] == "Indexed"
     assert m["spec"]["completions"] == 3 == m["spec"]["parallelism"]
     args = container(m)["args"]
     assert args[args.index("--shard") + 1] == "$(JOB_COMPLETION_INDEX)/3"
-    fin = build_finalize_job(j, locations_of(j, "ob"), SETTINGS)
+    fin = build_finalize_job(j, locations_of(j, "s3://ob"), SETTINGS)
     assert fin["metadata"]["name"] == "nightly-finalize"
     fargs = container(fin)["args"]
     assert fargs[:2] == ["finalize", "--work-dir"] and fargs[fargs.index("--shards") + 1] == "3"
 
 
 def test_locations_are_deterministic_and_distinct() -> None:
-    a, b = locations_of(job(), "ob"), locations_of(job(), "ob")
+    a, b = locations_of(job(), "s3://ob"), locations_of(job(), "s3://ob")
     assert a == b and a.output_file_id != a.error_file_id
     assert a.output_uri == f"s3://ob/files/team-a/{a.output_file_id}"
     s3 = job(input={"s3": {"bucket": "raw", "key": "x/in.jsonl"}})
-    assert locations_of(s3, "ob").input_uri == "s3://raw/x/in.jsonl"
+    assert locations_of(s3, "s3://ob").input_uri == "s3://raw/x/in.jsonl"
 
 
 def test_long_names_stay_valid() -> None:
@@ -130,3 +127,29 @@ def test_long_names_stay_valid() -> None:
     assert len(name) <= 63 and name.endswith("-finalize")
     assert child_name("b" * 70, "finalize") == name
     assert child_name("short", "runner") == "short-runner"
+
+
+def test_locations_take_a_root() -> None:
+    """The same batch under an S3 prefix and under a local directory (the local backend)."""
+    j = job()
+    s3 = locations_of(j, "s3://ob/tenants/a/")
+    assert s3.input_uri == "s3://ob/tenants/a/files/team-a/file-abc"
+    assert s3.work_uri.startswith("s3://ob/tenants/a/batches/team-a/")
+    local = locations_of(j, "/srv/openbatch")
+    assert local.input_uri == "/srv/openbatch/files/team-a/file-abc"
+    assert local.output_uri == f"/srv/openbatch/files/team-a/{local.output_file_id}"
+    assert (local.output_file_id, local.error_file_id) == (s3.output_file_id, s3.error_file_id)
+
+
+def test_job_conditions_become_a_neutral_runner_state() -> None:
+    def failed(reason: str) -> dict[str, Any]:
+        condition = {"type": "Failed", "status": "True", "reason": reason, "message": "m"}
+        return {"status": {"conditions": [condition]}}
+
+    killed = job_state(failed("DeadlineExceeded"))
+    assert killed.failed_for_good and killed.stopped_at_deadline
+    crashed = job_state(failed("BackoffLimitExceeded"))
+    assert crashed.failed_for_good and not crashed.stopped_at_deadline
+    assert crashed.reason == "BackoffLimitExceeded" and crashed.message == "m"
+    done = job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}})
+    assert done.complete and not done.failed_for_good

@@ -1,11 +1,21 @@
+import dataclasses
 import io
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from openbatch.runner_args import (
+    JOB_INDEX_PLACEHOLDER,
+    ExitCode,
+    FinalizeArgs,
+    HttpClientKind,
+    ProgressMode,
+    RunnerArgs,
+    parse_finalize_argv,
+    parse_run_argv,
+)
 from openbatch_runner.cli import default_errors, default_output, parse_run_args
-from openbatch_runner.config import ProgressMode
 from openbatch_runner.progress_view import ProgressView, Snapshot, format_duration, render_bar
 
 
@@ -120,3 +130,82 @@ def test_bar_rendering() -> None:
     assert line.startswith("[############............]  50.0% 500/1,000")
     assert "50 req/s" in line and "ETA 0:10" in line and "in flight 3/9" in line
     assert format_duration(3725) == "1:02:05"
+
+
+def _every_field_changed() -> RunnerArgs:
+    """A RunnerArgs whose every field differs from its default."""
+    return RunnerArgs(
+        input="s3://b/in.jsonl",
+        output="s3://b/out.jsonl",
+        errors="s3://b/err.jsonl",
+        work_dir="s3://b/work",
+        endpoint="/v1/embeddings",
+        base_urls=("http://a:1/v1", "http://b:2"),
+        models="/etc/models.json",
+        concurrency=3,
+        adaptive=True,
+        max_concurrency=99,
+        max_attempts=7,
+        request_timeout=2.5,
+        deadline=datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC),
+        shard=2,
+        shards=5,
+        commit_every=11,
+        commit_interval=0.25,
+        max_lines=12,
+        max_bytes=13,
+        poll_interval=0.5,
+        grace_period=0,
+        term_grace=1.5,
+        progress=ProgressMode.LOG,
+        log_interval=3,
+        no_finalize=True,
+        retry_base_delay=0.01,
+        retry_max_delay=0.02,
+        http_client=HttpClientKind.AIOHTTP,
+    )
+
+
+def test_runner_args_round_trip_through_argv() -> None:
+    """What the operator and the local backend write is exactly what the runner reads."""
+    args = _every_field_changed()
+    defaults = RunnerArgs(input="")
+    unchanged = [
+        f.name
+        for f in dataclasses.fields(args)
+        if getattr(args, f.name) == getattr(defaults, f.name)
+    ]
+    # api_key never travels in argv; shard_from_job_index is the Job's placeholder form.
+    assert unchanged == ["shard_from_job_index", "api_key"]
+    argv = args.to_argv()
+    assert argv[0] == "run"
+    assert parse_run_argv(argv[1:]) == args
+    assert parse_run_argv(RunnerArgs(input="x").to_argv()[1:]) == RunnerArgs(input="x")
+
+
+def test_runner_args_never_put_the_api_key_in_argv() -> None:
+    args = RunnerArgs(input="in.jsonl", api_key="sk-secret")
+    assert "sk-secret" not in " ".join(args.to_argv())
+
+
+def test_indexed_job_shard_placeholder() -> None:
+    argv = RunnerArgs(input="in", shards=4, shard_from_job_index=True).to_argv()
+    assert argv[-2:] == ["--shard", f"{JOB_INDEX_PLACEHOLDER}/4"]
+    expanded = [a.replace(JOB_INDEX_PLACEHOLDER, "3") for a in argv]
+    parsed = parse_run_argv(expanded[1:])
+    assert (parsed.shard, parsed.shards) == (3, 4)
+
+
+def test_finalize_args_round_trip() -> None:
+    args = FinalizeArgs(work_dir="w", output="o", errors="e", shards=3)
+    argv = args.to_argv()
+    assert argv[0] == "finalize" and parse_finalize_argv(argv[1:]) == args
+
+
+def test_exit_codes_say_whether_a_retry_helps() -> None:
+    assert [c for c in ExitCode if c.retryable] == [
+        ExitCode.INFRASTRUCTURE,
+        ExitCode.INTERRUPTED,
+        ExitCode.KEYBOARD,
+    ]
+    assert int(ExitCode.INVALID_INPUT) == 3

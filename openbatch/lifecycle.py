@@ -1,20 +1,26 @@
-"""The operator's one decision: `reconcile(job, observed, now) -> Decision`.
+"""A batch's lifecycle as one pure decision: `reconcile(job, observed, now) -> Decision`.
 
-Pure: everything it needs (the BatchJob, what the cluster and object storage showed, the
-clock) comes in as arguments, and what to do comes out as data. kopf handlers only observe,
-call this, and apply the decision idempotently. Level-based: the same inputs always give the
-same decision, so a restarted operator simply picks up where the status says it was.
+Both backends drive every batch with it: the operator (kopf handlers over the Kubernetes
+API, runner Jobs) and the shim's local backend (SQLite, runner subprocesses). Pure:
+everything it needs (the BatchJob, what the backend and object storage showed, the clock)
+comes in as arguments, and what to do comes out as data; a backend only observes, calls
+this, and applies the decision idempotently. Level-based: the same inputs always give the
+same decision, so a restarted backend simply picks up where the status says it was.
+
+What a backend observes of its runner (a Job, a process) is the neutral `RunnerState`; each
+backend fills it from its own facts (Job conditions, exit codes).
 
 Phases map 1:1 to OpenAI statuses. Lifecycle:
 
     (new) -> Validating [Admitted=False Queued] -> Validating [runner validates]
           -> InProgress -> Finalizing -> Completed
     Validating --invalid input--> Failed (InvalidInput, status.errors)
-    any --runner Job failed--> Failed (RunnerFailed)
+    any --runner failed for good--> Failed (RunnerFailed)
     any --spec.cancel--> Cancelling -> Cancelled (queued batches: Cancelled at once)
     any --deadline--> Expired (the runner writes batch_expired lines; queued: at once)
 """
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -33,7 +39,6 @@ from openbatch.resource import (
     format_progress,
 )
 from openbatch.usage import add_usage, from_batch_usage, to_batch_usage
-from openbatch_operator.resources import finalize_job_name, runner_job_name
 
 TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.EXPIRED, Phase.CANCELLED})
 _PASSED_VALIDATION = frozenset(
@@ -41,27 +46,55 @@ _PASSED_VALIDATION = frozenset(
 )
 
 
+MAX_NAME = 63  # a Kubernetes object name (DNS label), and so every child name
+
+
+def child_name(batch_name: str, suffix: str) -> str:
+    """`<batch>-<suffix>`, shortened with a hash when it would pass 63 characters.
+
+    Deterministic, so creating a child again after a restart finds the same one (409 on
+    Kubernetes, the same row locally), never a second.
+    """
+    name = f"{batch_name}-{suffix}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(batch_name.encode()).hexdigest()[:8]
+    keep = MAX_NAME - len(suffix) - len(digest) - 2
+    return f"{batch_name[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+def runner_job_name(job: BatchJob) -> str:
+    return child_name(job.metadata.name, "runner")
+
+
+def finalize_job_name(job: BatchJob) -> str:
+    return child_name(job.metadata.name, "finalize")
+
+
 @dataclass(frozen=True)
-class JobState:
-    """What the cluster shows of one child Job."""
+class RunnerState:
+    """What a backend shows of one child run: the runner (all shards) or the finalize step.
+
+    `stopped_at_deadline` is the backend's backstop at work (a Job's activeDeadlineSeconds,
+    the local backend killing an overdue process): the runner did not stop on its own.
+    `reason` and `message` are the backend's own words, for the status message.
+    """
 
     exists: bool
-    active: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    complete: bool = False
-    failed_for_good: bool = False  # condition Failed=True: the Job will not retry any more
+    complete: bool = False  # finished its work (every shard exited 0)
+    failed_for_good: bool = False  # failed, and the backend will not retry it any more
+    stopped_at_deadline: bool = False
     reason: str | None = None
     message: str | None = None
 
 
-ABSENT = JobState(exists=False)
+ABSENT = RunnerState(exists=False)
 
 
 @dataclass(frozen=True)
 class Observed:
-    runner: JobState = ABSENT
-    finalize: JobState = ABSENT
+    runner: RunnerState = ABSENT
+    finalize: RunnerState = ABSENT
     shards: tuple[ProgressRecord | None, ...] = ()  # progress record of each shard, if any
     result: FinalResult | None = None  # result.json, once finalize ran
     cancel_marker: bool = False
@@ -266,7 +299,7 @@ def _admit(b: _Builder, obs: Observed) -> bool:
     if admitted is not None and admitted.status is ConditionStatus.TRUE:
         return True
     if obs.runner.exists:  # admitted before an operator restart lost the status write
-        b.condition(ConditionType.ADMITTED, True, ConditionReason.ADMITTED, "runner Job exists")
+        b.condition(ConditionType.ADMITTED, True, ConditionReason.ADMITTED, "runner exists")
         return True
     if obs.admitted_elsewhere + obs.ahead_in_queue < obs.max_concurrent:
         b.condition(ConditionType.ADMITTED, True, ConditionReason.ADMITTED, "slot granted")
@@ -285,7 +318,7 @@ def _admit(b: _Builder, obs: Observed) -> bool:
 def _runner_failure_message(obs: Observed) -> str:
     job = obs.runner
     last = next((r.message for r in obs.shards if r is not None and r.message), None)
-    parts = [f"runner Job failed ({job.reason or 'unknown reason'})"]
+    parts = [f"runner failed ({job.reason or 'unknown reason'})"]
     if job.message:
         parts.append(job.message)
     if last:
@@ -328,10 +361,10 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
     if job.spec.cancel:
         b.decision.write_cancel_marker = not obs.cancel_marker
     if obs.runner.failed_for_good:
-        if obs.runner.reason == "DeadlineExceeded":
+        if obs.runner.stopped_at_deadline:
             return b.phase(
                 Phase.EXPIRED,
-                "the runner did not stop by the deadline and was stopped by Kubernetes; "
+                "the runner did not stop by the deadline and was stopped by the backend; "
                 "results committed before that are kept in the work dir",
                 warning=True,
             )
@@ -341,7 +374,7 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
         if obs.finalize.failed_for_good:
             return b.phase(
                 Phase.FAILED,
-                f"finalize Job failed ({obs.finalize.reason}): {obs.finalize.message or ''}",
+                f"finalize failed ({obs.finalize.reason}): {obs.finalize.message or ''}",
                 warning=True,
             )
         if not obs.finalize.exists:
