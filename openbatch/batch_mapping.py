@@ -25,16 +25,25 @@ import hashlib
 from datetime import datetime
 
 from openbatch import wire
+from openbatch.endpoints import Endpoint
+from openbatch.ids import resource_name
 from openbatch.resource import (
     BATCH_ID_ANNOTATION,
+    COMPLETION_WINDOW_ANNOTATION,
+    CREATED_NS_ANNOTATION,
+    IDEMPOTENCY_DIGEST_ANNOTATION,
+    IDEMPOTENCY_KEY_ANNOTATION,
     MAX_ERROR_CODE_LENGTH,
     MAX_ERROR_MESSAGE_LENGTH,
     MAX_ERROR_PARAM_LENGTH,
     MAX_STATUS_ERRORS,
     BatchJob,
+    BatchJobSpec,
+    Concurrency,
     ErrorItem,
     Input,
     InputTokensDetails,
+    ObjectMeta,
     OutputTokensDetails,
     Phase,
     Usage,
@@ -114,7 +123,9 @@ def batch_from_resource(obj: BatchJob) -> wire.Batch:
         model=status.model,
         errors=errors,
         input_file_id=input_file_id_of(spec.input),
-        completion_window=spec.completion_window,
+        completion_window=obj.metadata.annotations.get(
+            COMPLETION_WINDOW_ANNOTATION, spec.completion_window
+        ),
         status=STATUS_OF_PHASE[phase],
         output_file_id=status.output_file_id,
         error_file_id=status.error_file_id,
@@ -182,3 +193,57 @@ def status_errors_from_wire(errors: wire.BatchErrors | None) -> list[ErrorItem]:
         )
         for e in errors.data[:MAX_STATUS_ERRORS]
     ]
+
+
+def batchjob_from_create(
+    request: wire.CreateBatchRequest,
+    *,
+    batch_id: str,
+    namespace: str,
+    window_hours: int,
+    created_ns: int,
+    idempotency_digest: str | None = None,
+    concurrency: Concurrency | None = None,
+) -> BatchJob:
+    """The BatchJob a validated `POST /v1/batches` becomes (the reverse of the rendering).
+
+    `window_hours` is the request's completion window in the spec's hours form (the shim has
+    checked it against the windows it allows); the request's own spelling is kept in an
+    annotation and echoed back.
+    """
+    annotations = {
+        BATCH_ID_ANNOTATION: batch_id,
+        CREATED_NS_ANNOTATION: str(created_ns),
+    }
+    spec_window = f"{window_hours}h"
+    if request.completion_window != spec_window:
+        annotations[COMPLETION_WINDOW_ANNOTATION] = request.completion_window
+    if request.idempotency_key is not None and idempotency_digest is not None:
+        annotations[IDEMPOTENCY_KEY_ANNOTATION] = request.idempotency_key
+        annotations[IDEMPOTENCY_DIGEST_ANNOTATION] = idempotency_digest
+    expires = request.output_expires_after
+    return BatchJob(
+        metadata=ObjectMeta(
+            name=resource_name(batch_id), namespace=namespace, annotations=annotations
+        ),
+        spec=BatchJobSpec(
+            input=Input(file_id=request.input_file_id),
+            endpoint=Endpoint(request.endpoint),
+            completion_window=spec_window,
+            concurrency=concurrency or Concurrency(),
+            metadata=request.metadata,
+            output_expires_after_seconds=expires.seconds if expires is not None else None,
+        ),
+    )
+
+
+def created_order(job: BatchJob) -> tuple[int, str]:
+    """Sort key of "newest first" listings: creation time in ns, then name (a total order)."""
+    raw = job.metadata.annotations.get(CREATED_NS_ANNOTATION, "")
+    if raw.isdigit():
+        ns = int(raw)
+    elif job.metadata.creation_timestamp is not None:
+        ns = int(job.metadata.creation_timestamp.timestamp()) * 1_000_000_000
+    else:
+        ns = 0
+    return ns, job.metadata.name

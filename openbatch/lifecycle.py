@@ -34,6 +34,7 @@ from openbatch.resource import (
     ConditionReason,
     ConditionStatus,
     ConditionType,
+    ErrorItem,
     Phase,
     RequestCounts,
     format_progress,
@@ -103,6 +104,9 @@ class Observed:
     max_concurrent: int = 8
     output_file_id: str = ""  # the ids this batch's files get, if they are written
     error_file_id: str = ""
+    # The input does not exist (or is not the tenant's): the batch fails validation before
+    # a runner starts, as OpenAI fails a batch whose input_file_id it cannot find.
+    input_missing: bool = False
 
 
 class EventType(StrEnum):
@@ -292,6 +296,22 @@ def _invalid(b: _Builder, record: ProgressRecord) -> Decision:
     return b.phase(Phase.FAILED, message, warning=True)
 
 
+def input_missing_message(input_name: str) -> str:
+    return f"Cannot find file {input_name}, or you do not have access to it."
+
+
+def _input_missing(b: _Builder) -> Decision:
+    source = b.job.spec.input
+    name = source.file_id or (f"s3://{source.s3.bucket}/{source.s3.key}" if source.s3 else "")
+    message = input_missing_message(name)
+    st = b.status
+    st.errors = [ErrorItem(code="invalid_request", message=message, param="file_id", line=None)]
+    st.error_count = 1
+    st.request_counts = RequestCounts()
+    b.condition(ConditionType.VALIDATED, False, ConditionReason.INVALID_INPUT, message)
+    return b.phase(Phase.FAILED, message, warning=True)
+
+
 def _admit(b: _Builder, obs: Observed) -> bool:
     """Global admission: at most `max_concurrent` batches hold a slot, first by priority,
     then age (the callers count who is ahead)."""
@@ -343,6 +363,8 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
         return _invalid(b, invalid)
 
     started = obs.runner.exists or st.runner_job_name is not None
+    if obs.input_missing and not started:
+        return _input_missing(b)
     if job.spec.cancel and not started:
         return b.phase(Phase.CANCELLED, "cancelled before any request was sent")
     if deadline is not None and now >= deadline and not started:

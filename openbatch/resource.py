@@ -44,6 +44,16 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # Written by the API shim: the exact OpenAI batch id, because a CR name is only the DNS-safe
 # (lossy) form of it. Objects created with kubectl have no such annotation.
 BATCH_ID_ANNOTATION = f"{GROUP}/batch-id"
+# Written by the shim: the completion window exactly as the client sent it (`7d`), when the
+# spec had to spell it in hours (`168h`); the Batch object echoes what was sent.
+COMPLETION_WINDOW_ANNOTATION = f"{GROUP}/completion-window"
+# Written by the shim for idempotent creates (DESIGN §9): the key and a digest of the
+# create parameters it was used with.
+IDEMPOTENCY_KEY_ANNOTATION = f"{GROUP}/idempotency-key"
+IDEMPOTENCY_DIGEST_ANNOTATION = f"{GROUP}/idempotency-digest"
+# Written by the shim: creation time in nanoseconds, so that listing newest-first is a total
+# order even when many batches share one creationTimestamp second.
+CREATED_NS_ANNOTATION = f"{GROUP}/created-ns"
 
 DEFAULT_COMPLETION_WINDOW = "24h"
 # The longest window the operator accepts. OpenAI only offers 24h; a week covers large
@@ -58,6 +68,11 @@ MAX_ERROR_PARAM_LENGTH = 256
 MAX_METADATA_PAIRS = 16  # OpenAI `Metadata`
 MAX_METADATA_KEY_LENGTH = 64
 MAX_METADATA_VALUE_LENGTH = 512
+
+# OpenAI's `expires_after` / `output_expires_after` bounds: 1 hour to 30 days.
+MIN_EXPIRES_AFTER_SECONDS = 3600
+MAX_EXPIRES_AFTER_SECONDS = 2_592_000
+DEFAULT_OUTPUT_EXPIRES_AFTER_SECONDS = MAX_EXPIRES_AFTER_SECONDS
 
 FILE_ID_PATTERN = r"^file-[A-Za-z0-9_-]{1,64}$"
 # S3 bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens, alphanumeric ends.
@@ -205,6 +220,9 @@ class BatchJobSpec(SpecModel):
     metadata: (
         Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)] | None
     ) = None
+    output_expires_after_seconds: int | None = Field(
+        default=None, ge=MIN_EXPIRES_AFTER_SECONDS, le=MAX_EXPIRES_AFTER_SECONDS
+    )
     cancel: bool = False
 
     @field_validator("completion_window")

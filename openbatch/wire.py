@@ -155,3 +155,52 @@ class ErrorBody(WireModel):
 
 class ErrorResponse(WireModel):
     error: ErrorBody
+
+
+class ExpiresAfter(WireModel):
+    """`expires_after` of an upload and `output_expires_after` of a batch (anchor created_at)."""
+
+    anchor: Literal["created_at"] = "created_at"
+    seconds: int
+
+
+class CreateBatchRequest(WireModel):
+    """The body of `POST /v1/batches` (contract §2.1), as parsed after validation.
+
+    `idempotency_key` is OpenBatch's extension (DESIGN §9), sent with `extra_body`.
+    """
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+    output_expires_after: ExpiresAfter | None = None
+    idempotency_key: str | None = None
+
+
+class ListBatchesResponse(WireModel):
+    object: Literal["list"] = "list"
+    data: list[Batch]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+class ListFilesResponse(WireModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+class Model(WireModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "openbatch"
+
+
+class ModelList(WireModel):
+    object: Literal["list"] = "list"
+    data: list[Model]

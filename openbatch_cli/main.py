@@ -8,6 +8,7 @@ from openbatch import __version__
 HELP = """usage: openbatch <command> [options]
 
 commands:
+  serve      serve OpenAI's Files and Batches API on this machine (the embedded default)
   run        process a batch input file against model servers (the runner)
   finalize   join the committed parts of a (sharded) run into output and error files
   version    print the version
@@ -28,12 +29,19 @@ def _finalize(argv: Sequence[str]) -> int:
     return finalize_main(argv)
 
 
+def _serve(argv: Sequence[str]) -> int:
+    from openbatch_cli.serve import main as serve_main
+
+    return serve_main(argv)
+
+
 def _version(argv: Sequence[str]) -> int:
     sys.stdout.write(f"openbatch {__version__}\n")
     return 0
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "serve": _serve,
     "run": _run,
     "finalize": _finalize,
     "version": _version,

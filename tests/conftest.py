@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.model_sim",
     "tests.fixtures.llama",
     "tests.fixtures.kube",
+    "tests.fixtures.shim",
 ]
 
 

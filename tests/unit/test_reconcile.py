@@ -269,3 +269,12 @@ def test_admission_order_priority_then_age() -> None:
     assert slots_view(entries, ("ns", "new")) == (1, 2)
     assert slots_view(entries, ("ns", "running"))[0] == 0  # its own slot is not counted
     assert queue_length(entries) == 3
+
+
+def test_a_missing_input_fails_validation_before_any_runner() -> None:
+    """OpenAI creates the batch, then fails it: `invalid_request`, line null (contract §4.3)."""
+    d = reconcile(make_job(), Observed(input_missing=True), NOW)
+    assert d.status.phase is Phase.FAILED and not d.create_runner
+    (error,) = d.status.errors
+    assert (error.code, error.param, error.line) == ("invalid_request", "file_id", None)
+    assert "Cannot find file" in error.message

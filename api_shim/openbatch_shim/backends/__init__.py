@@ -1,0 +1,1 @@
+"""Where batches live: BatchJob CRs on Kubernetes, or SQLite and runner subprocesses locally."""

@@ -1,0 +1,101 @@
+"""Bridges between the event loop and the blocking object stores (minio, files).
+
+`UploadSink` runs `store.put_stream` in a worker thread and feeds it from the loop through a
+small bounded queue, so an upload holds a few MiB whatever its size and a slow store slows
+the client down (back-pressure) instead of filling memory. `iter_object` is the reverse, for
+downloads.
+"""
+
+import asyncio
+import queue
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from typing import Final
+
+from openbatch.storage import ObjectStore
+
+CHUNK: Final = 1024 * 1024
+_QUEUE_DEPTH = 4
+_END = b""
+
+
+class _Aborted(Exception):
+    """Raised inside the store's reader: the upload was given up; nothing is written."""
+
+
+class _QueueReader:
+    def __init__(self, q: "queue.Queue[bytes | BaseException]") -> None:
+        self._q = q
+        self._buf = b""
+        self._done = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        while not self._done and (size < 0 or len(self._buf) < size):
+            item = self._q.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item == _END:
+                self._done = True
+                break
+            self._buf += item
+        if size < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+
+class UploadSink:
+    """An atomic upload to `key` that the loop writes into chunk by chunk."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self._q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._pending = bytearray()
+        self.count = 0
+        loop = asyncio.get_running_loop()
+        reader = _QueueReader(self._q)
+        self._future: Future[int] = loop.run_in_executor(  # type: ignore[assignment]
+            None, store.put_stream, key, reader
+        )
+
+    async def _put(self, item: bytes | BaseException) -> None:
+        # A full queue blocks a worker thread, never the loop.
+        await asyncio.to_thread(self._q.put, item)
+
+    async def write(self, data: bytes) -> None:
+        self.count += len(data)
+        self._pending += data
+        if len(self._pending) >= CHUNK:
+            chunk, self._pending = bytes(self._pending), bytearray()
+            await self._put(chunk)
+
+    async def close(self) -> int:
+        """Finish the upload; returns the bytes stored. Raises what the store raised."""
+        if self._pending:
+            await self._put(bytes(self._pending))
+            self._pending = bytearray()
+        await self._put(_END)
+        return await asyncio.wrap_future(self._future)
+
+    async def abort(self) -> None:
+        """Give the upload up: the store writes nothing (its temporary object is removed)."""
+        await self._put(_Aborted())
+        try:
+            await asyncio.wrap_future(self._future)
+        except _Aborted:
+            pass
+        except Exception:  # noqa: S110  # the upload is abandoned anyway
+            pass
+
+
+async def iter_object(store: ObjectStore, key: str) -> AsyncIterator[bytes]:
+    """Stream an object's bytes from a worker thread, one chunk at a time."""
+    reader = await asyncio.to_thread(store.open_read, key)
+    try:
+        while True:
+            chunk = await asyncio.to_thread(reader.read, CHUNK)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        await asyncio.to_thread(reader.close)
