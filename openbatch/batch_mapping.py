@@ -200,22 +200,21 @@ def batchjob_from_create(
     *,
     batch_id: str,
     namespace: str,
-    window_hours: int,
+    spec_window: str,
     created_ns: int,
     idempotency_digest: str | None = None,
     concurrency: Concurrency | None = None,
 ) -> BatchJob:
     """The BatchJob a validated `POST /v1/batches` becomes (the reverse of the rendering).
 
-    `window_hours` is the request's completion window in the spec's hours form (the shim has
-    checked it against the windows it allows); the request's own spelling is kept in an
-    annotation and echoed back.
+    `spec_window` is the request's completion window as the spec spells it (`168h` for
+    `7d`; the shim has checked it against the windows it allows); the request's own spelling
+    is kept in an annotation and echoed back.
     """
     annotations = {
         BATCH_ID_ANNOTATION: batch_id,
         CREATED_NS_ANNOTATION: str(created_ns),
     }
-    spec_window = f"{window_hours}h"
     if request.completion_window != spec_window:
         annotations[COMPLETION_WINDOW_ANNOTATION] = request.completion_window
     if request.idempotency_key is not None and idempotency_digest is not None:

@@ -30,7 +30,6 @@ from openbatch_shim.files_service import FileService
 from openbatch_shim.metrics import ShimMetrics
 from openbatch_shim.settings import ANONYMOUS_TENANT, BackendKind, ShimSettings
 
-SWEEP_INTERVAL = 60.0
 _log = logging.getLogger("openbatch.shim")
 _PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
 
@@ -247,7 +246,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 async def _sweep_forever(services: Services) -> None:
     """Expired files really disappear: uploads and batch outputs past their `expires_at`."""
     while True:
-        await asyncio.sleep(SWEEP_INTERVAL)
+        await asyncio.sleep(services.settings.sweep_interval)
         try:
             await sweep_once(services)
         except Exception:

@@ -44,7 +44,7 @@ from openbatch_shim.errors import (
 )
 
 SUPPORTED_ENDPOINTS = [e.value for e in Endpoint]
-_WINDOW_UNITS = {"h": 1, "d": 24}
+_WINDOW_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_IDEMPOTENCY_KEY = 256
 _NOT_CANCELLABLE = {
     Phase.COMPLETED: "completed",
@@ -53,14 +53,16 @@ _NOT_CANCELLABLE = {
 }
 
 
-def window_hours(window: str) -> int | None:
-    """`24h` -> 24, `7d` -> 168; None for anything else (minutes and seconds are not offered)."""
-    if len(window) < 2 or window[-1] not in _WINDOW_UNITS or not window[:-1].isdigit():
+def spec_window(window: str) -> str | None:
+    """A completion window as the BatchJob spells it: `24h` -> `24h`, `7d` -> `168h`, `90s`
+    -> `90s`; None when it is not a whole number of s/m/h/d or longer than the CRD allows."""
+    if len(window) < 2 or window[-1] not in _WINDOW_SECONDS or not window[:-1].isdigit():
         return None
-    hours = int(window[:-1]) * _WINDOW_UNITS[window[-1]]
-    if hours < 1 or hours * 3600 > MAX_COMPLETION_WINDOW.total_seconds():
+    count = int(window[:-1])
+    seconds = count * _WINDOW_SECONDS[window[-1]]
+    if count < 1 or seconds > MAX_COMPLETION_WINDOW.total_seconds():
         return None
-    return hours
+    return f"{count * 24}h" if window[-1] == "d" else window
 
 
 def _type_error(param: str, expected: str, value: object) -> BadRequest:
@@ -220,14 +222,14 @@ class BatchService:
             )
         digest = parameters_digest(request) if key is not None else None
         batch_id = idempotent_batch_id(namespace, key) if key is not None else new_batch_id()
-        hours = window_hours(request.completion_window)
-        if hours is None:
+        window = spec_window(request.completion_window)
+        if window is None:
             raise invalid_value("completion_window", request.completion_window, self._allowed)
         job = batchjob_from_create(
             request,
             batch_id=batch_id,
             namespace=namespace,
-            window_hours=hours,
+            spec_window=window,
             created_ns=time.time_ns(),
             idempotency_digest=digest,
             concurrency=Concurrency(max_in_flight=self._max_in_flight)

@@ -61,6 +61,9 @@ class ShimSettings(BaseSettings):
     )
     max_concurrent_batches: int = Field(default=4, ge=1, le=10_000)
     poll_interval: float = Field(default=0.5, gt=0, description="local backend: reconcile tick")
+    sweep_interval: float = Field(
+        default=60.0, gt=0, description="seconds between deletions of expired files"
+    )
     namespace: str = Field(
         default="default",
         description="kubernetes backend: the namespace of the anonymous tenant",

@@ -8,33 +8,11 @@ from pathlib import Path
 
 import openai
 import orjson
-import pytest
 
 from openbatch.lines import OutputLine
-from tests.fixtures.model_sim import SimHandle
-from tests.fixtures.shim import ServeFactory, ServeHandle
+from tests.fixtures.shim import ServeHandle
 from tests.runner_support import chat_line, jsonl
-
-TERMINAL = {"completed", "failed", "expired", "cancelled"}
-
-
-def client_for(serve: ServeHandle, key: str = "anything") -> openai.OpenAI:
-    return openai.OpenAI(base_url=serve.base_url, api_key=key, max_retries=0)
-
-
-def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 90) -> openai.types.Batch:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in TERMINAL:
-            return batch
-        assert time.monotonic() < deadline, f"batch still {batch.status}"
-        time.sleep(0.2)
-
-
-@pytest.fixture
-def serve(serve_factory: ServeFactory, model_sim: SimHandle, tmp_path: Path) -> ServeHandle:
-    return serve_factory(tmp_path / "data", models={"sim-model": model_sim.base_url})
+from tests.shim.conftest import TERMINAL, client_for, wait_status
 
 
 def test_full_lifecycle_with_the_official_client(serve: ServeHandle, tmp_path: Path) -> None:
@@ -54,7 +32,7 @@ def test_full_lifecycle_with_the_official_client(serve: ServeHandle, tmp_path: P
     )
     assert batch.status == "validating" and batch.expires_at == batch.created_at + 86400
     assert batch.request_counts is not None and batch.request_counts.total == 0
-    done = wait_terminal(client, batch.id)
+    done = wait_status(client, batch.id)
     assert done.status == "completed", done
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.completed) == (25, 25)
