@@ -106,7 +106,7 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(  # noqa: PLR0917  # pytest injects fixtures by name
+def cluster(  # pytest injects fixtures by name
     kube_api: KubeApi,
     kubelet: KubeletHarness,
     run_kopf: RunKopf,
