@@ -149,6 +149,9 @@ async def reconcile_once(
         shards, result, marker = await state.storage.observe(where.work_uri, job.spec.parallelism)
         runner = await state.cluster.read_job(namespace, runner_job_name(job))
         finalize = await state.cluster.read_job(namespace, finalize_job_name(job))
+        # Before a runner starts: a batch whose input is not there fails validation (§4.3).
+        unstarted = not runner.exists and job.status.runner_job_name is None
+        input_missing = unstarted and not await state.storage.input_exists(where.input_uri)
         async with state.admission_lock:
             held, ahead = slots_view(_entries(index, state), key)
             observed = Observed(
@@ -162,6 +165,7 @@ async def reconcile_once(
                 max_concurrent=cfg.max_concurrent_batches,
                 output_file_id=where.output_file_id,
                 error_file_id=where.error_file_id,
+                input_missing=input_missing,
             )
             now = datetime.now(UTC)
             decision = reconcile(job, observed, now)

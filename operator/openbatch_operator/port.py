@@ -5,10 +5,12 @@ idempotent at this edge: creating what exists (409) and deleting what is gone (4
 """
 
 import asyncio
+import logging
 from typing import Any, cast
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from openbatch.layout import cancel_key, progress_key, result_key
 from openbatch.lifecycle import ABSENT, RunnerState
@@ -18,6 +20,7 @@ from openbatch.storage import ObjectNotFound, ObjectStore, StorageError, open_ur
 from openbatch_operator.errors import KubernetesUnavailable, StorageUnavailable
 
 HTTP_NOT_FOUND = 404
+_log = logging.getLogger("openbatch.operator")
 HTTP_CONFLICT = 409
 
 
@@ -125,7 +128,15 @@ class StoragePort:
             except ObjectNotFound:
                 records.append(None)
                 continue
-            records.append(ProgressRecord.model_validate_json(data))
+            try:
+                records.append(ProgressRecord.model_validate_json(data))
+            except ValidationError as exc:
+                # Not written by a runner (or by a newer one): no progress to mirror. The
+                # runner refuses such a work dir itself, and its Job failure says so.
+                _log.warning(
+                    "unreadable progress record of shard %d in %s: %s", shard, work_uri, exc
+                )
+                records.append(None)
         try:
             result: FinalResult | None = FinalResult.model_validate_json(
                 store.read_bytes(result_key(work))
@@ -133,6 +144,14 @@ class StoragePort:
         except ObjectNotFound:
             result = None
         return tuple(records), result, store.exists(cancel_key(work))
+
+    async def input_exists(self, input_uri: str) -> bool:
+        """Whether the batch's input is there (checked only before a runner starts)."""
+        store, key = open_uri(input_uri)
+        try:
+            return await asyncio.to_thread(store.exists, key)
+        except StorageError as exc:
+            raise StorageUnavailable(f"checking the input {input_uri}: {exc}") from exc
 
     async def write_cancel_marker(self, work_uri: str) -> None:
         store, work = self._store(work_uri)

@@ -225,15 +225,33 @@ def test_unknown_model_fails_with_model_not_found(cluster: Cluster, tmp_path: Pa
 
 def test_runner_failure_is_reported_with_its_reason(cluster: Cluster, tmp_path: Path) -> None:
     """Failed (RunnerFailed) with a message that says why, without reading pod logs."""
+    cluster.upload("ok.jsonl", _lines(3))
+    # Something other than a runner wrote into the batch's work dir: the runner refuses it.
+    work = f"s3://{cluster.bucket}/batches/{cluster.kube.namespace}/lost"
+    write_uri(f"{work}/shard-0/progress.json", b"not a progress record")
     cluster.start_operator()
-    cluster.apply(cluster.batchjob("lost", "no-such-input.jsonl"), tmp_path)
+    cluster.apply(cluster.batchjob("lost", "ok.jsonl"), tmp_path)
     status = cluster.wait_phase("lost", TERMINAL)["status"]
     assert status["phase"] == "Failed", status
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "RunnerFailed"
-    assert "no-such-input.jsonl does not exist" in status["message"]
+    assert "PodFailurePolicy" in status["message"] and "exit code 2" in status["message"]
     job = cluster.kube.get("jobs", "lost-runner")
     assert job is not None and job["status"].get("failed") == 1  # exit 2: not retried
+
+
+def test_a_missing_input_fails_validation_before_any_runner(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """As OpenAI fails a batch whose input file it cannot find (contract §4.3)."""
+    cluster.start_operator()
+    cluster.apply(cluster.batchjob("gone", "no-such-input.jsonl"), tmp_path)
+    status = cluster.wait_phase("gone", TERMINAL)["status"]
+    assert status["phase"] == "Failed", status
+    (error,) = status["errors"]
+    assert (error["code"], error["param"]) == ("invalid_request", "file_id")
+    assert "Cannot find file s3://" in error["message"]
+    assert cluster.kube.get("jobs", "gone-runner") is None
 
 
 def _slow(cluster: Cluster, slots: int = 2, service: float = 0.05) -> None:
