@@ -11,6 +11,7 @@ commands:
   serve      serve OpenAI's Files and Batches API on this machine (the embedded default)
   run        process a batch input file against model servers (the runner)
   finalize   join the committed parts of a (sharded) run into output and error files
+  sim        run an OpenAI-compatible model-server simulator (for trying and load tests)
   version    print the version
 
 `openbatch <command> --help` describes each command's options.
@@ -35,6 +36,12 @@ def _serve(argv: Sequence[str]) -> int:
     return serve_main(argv)
 
 
+def _sim(argv: Sequence[str]) -> int:
+    from openbatch_sim.server import main as sim_main
+
+    return sim_main(list(argv))
+
+
 def _version(argv: Sequence[str]) -> int:
     sys.stdout.write(f"openbatch {__version__}\n")
     return 0
@@ -42,6 +49,7 @@ def _version(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": _serve,
+    "sim": _sim,
     "run": _run,
     "finalize": _finalize,
     "version": _version,

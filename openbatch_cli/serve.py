@@ -20,8 +20,6 @@ import orjson
 if TYPE_CHECKING:
     import uvicorn
 
-SIM_MODEL = "openbatch-sim"
-
 
 def build_parser() -> argparse.ArgumentParser:
     from openbatch_shim.settings import OPENAI_COMPLETION_WINDOWS, default_data_dir
@@ -103,7 +101,16 @@ def _start_simulator(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     stderr = (data_dir / "logs" / "simulator.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "openbatch_sim", "--port", "0", "--slots", "64"],
+        [
+            sys.executable,
+            "-m",
+            "openbatch_sim",
+            "--port",
+            "0",
+            "--slots",
+            "64",
+            "--exit-on-stdin-eof",
+        ],
         stdin=subprocess.PIPE,  # the simulator exits when this closes: it dies with us
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -159,12 +166,14 @@ def main(argv: Sequence[str]) -> int:
     for name, url in _pairs(args.model, "--model"):
         models.setdefault(name, []).append(url)
     simulator = None
-    if not models:
+    routing: Path | None = None
+    sim_url: str | None = None
+    if models:
+        routing = data_dir / "models.json"
+        routing.write_bytes(orjson.dumps({"models": models}, option=orjson.OPT_INDENT_2))
+        parse_routing_table(routing.read_bytes())  # refuse bad URLs now, not in every runner
+    else:
         simulator, sim_url = _start_simulator(data_dir)
-        models = {SIM_MODEL: [sim_url]}
-    routing = data_dir / "models.json"
-    routing.write_bytes(orjson.dumps({"models": models}, option=orjson.OPT_INDENT_2))
-    parse_routing_table(routing.read_bytes())  # refuse bad URLs now, not in every runner
     settings = ShimSettings(
         backend=BackendKind.LOCAL,
         host=args.host,
@@ -172,6 +181,7 @@ def main(argv: Sequence[str]) -> int:
         data_dir=data_dir,
         api_keys=keys,
         models_file=routing,
+        any_model_url=sim_url,
         max_concurrent_batches=args.max_concurrent_batches,
         allowed_completion_windows=[*OPENAI_COMPLETION_WINDOWS, *args.allow_completion_window],
     )
@@ -181,13 +191,16 @@ def main(argv: Sequence[str]) -> int:
     banner = [
         "openbatch serve: OpenAI's Batch API on this machine",
         f"  data dir: {data_dir}",
-        "  models:   "
-        + ", ".join(f"{name} -> {', '.join(urls)}" for name, urls in sorted(models.items())),
     ]
-    if simulator is not None:
+    if sim_url is not None:
         banner.append(
-            f"  no --model given: started the built-in simulated model '{SIM_MODEL}' "
-            "(replies are echoes; use --model NAME=URL for a real server)"
+            f"  models:   any model name -> the built-in simulated model at {sim_url}"
+            " (no --model given: replies are echoes; use --model NAME=URL for a real server)"
+        )
+    else:
+        banner.append(
+            "  models:   "
+            + ", ".join(f"{name} -> {', '.join(urls)}" for name, urls in sorted(models.items()))
         )
     banner.append(
         "  tenants:  " + (", ".join(sorted(set(keys.values()))) if keys else "one anonymous tenant")

@@ -28,7 +28,7 @@ from openbatch_shim.errors import (
 )
 from openbatch_shim.files_service import FileService
 from openbatch_shim.metrics import ShimMetrics
-from openbatch_shim.settings import ANONYMOUS_TENANT, BackendKind, ShimSettings
+from openbatch_shim.settings import ANONYMOUS_TENANT, ANY_MODEL_NAME, BackendKind, ShimSettings
 
 _log = logging.getLogger("openbatch.shim")
 _PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
@@ -87,14 +87,19 @@ def make_backend(settings: ShimSettings, root: str) -> BatchBackend:
         return backend
     from openbatch_shim.backends.local import LocalBackend
 
-    if settings.models_file is None:
-        raise ValueError("the local backend needs a routing table (models_file)")
-    table = parse_routing_table(settings.models_file.read_bytes())
+    if settings.any_model_url is not None:
+        target = ModelTarget(base_urls=(settings.any_model_url,))
+        names = [ANY_MODEL_NAME]
+    elif settings.models_file is not None:
+        target = ModelTarget(routing_file=str(settings.models_file))
+        names = sorted(parse_routing_table(settings.models_file.read_bytes()).models)
+    else:
+        raise ValueError("the local backend needs a routing table (models_file) or any_model_url")
     return LocalBackend(
         data_dir=settings.data_dir,
         root=root,
-        target=ModelTarget(routing_file=str(settings.models_file)),
-        model_names=sorted(table.models),
+        target=target,
+        model_names=names,
         max_concurrent=settings.max_concurrent_batches,
         poll_interval=settings.poll_interval,
     )

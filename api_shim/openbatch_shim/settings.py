@@ -11,6 +11,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ANONYMOUS_TENANT = "default"
+# What /v1/models lists when every model goes to one server (any_model_url).
+ANY_MODEL_NAME = "openbatch-sim"
 # OpenAI accepts only 24h (contract §2.1); self-hosted users may allow more.
 OPENAI_COMPLETION_WINDOWS = ("24h",)
 
@@ -58,6 +60,11 @@ class ShimSettings(BaseSettings):
         default=None,
         description='routing table {"models": {"<model>": ["<base url>"]}}: what /v1/models '
         "lists and where the local backend's runners send requests",
+    )
+    any_model_url: str | None = Field(
+        default=None,
+        description="local backend without a routing table: send every model's requests to "
+        "this base URL (what `openbatch serve` does with its built-in simulator)",
     )
     max_concurrent_batches: int = Field(default=4, ge=1, le=10_000)
     poll_interval: float = Field(default=0.5, gt=0, description="local backend: reconcile tick")

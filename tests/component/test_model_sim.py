@@ -23,7 +23,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from tests.fakes.model_sim import SimConfig
+from openbatch_sim.server import SimConfig
 from tests.fixtures.model_sim import ModelSimFactory, SimHandle, start_model_sim
 
 CHAT = "/chat/completions"

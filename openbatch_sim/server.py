@@ -13,7 +13,7 @@ no `key`: every request). Optional `retry_after` and `hang_seconds` override the
 values for that request. `/sim/stats`, `/sim/reset`, `/sim/config`, `/metrics` (vLLM-style
 queue gauges), `/v1/models` and `/health` make it observable and reconfigurable at runtime.
 
-Run it as `python -m tests.fakes.model_sim --port 0`; it prints `READY http://HOST:PORT`
+Run it as `openbatch sim` (or `python -m openbatch_sim --port 0`); it prints `READY http://HOST:PORT`
 once it accepts connections. The hot path avoids logging, pydantic and sleeps so that a
 benchmark can push 100,000 zero-service-time requests through it.
 """
@@ -941,11 +941,11 @@ async def _run(config: SimConfig, host: str, port: int, exit_on_stdin_eof: bool)
 def build_parser() -> argparse.ArgumentParser:
     d = SimConfig()
     p = argparse.ArgumentParser(
-        prog="python -m tests.fakes.model_sim",
+        prog="openbatch sim",
         description="OpenAI-compatible model-server simulator with fault injection.",
     )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--port", type=int, default=8001, help="port to listen on (8001; 0: any)")
     p.add_argument("--slots", type=int, default=d.slots)
     p.add_argument("--service-time", type=float, default=d.service_time)
     p.add_argument("--service-jitter", type=float, default=d.service_jitter)
