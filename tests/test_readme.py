@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import time
 from pathlib import Path
 
 from tests.fixtures.model_sim import SimHandle
@@ -63,3 +64,65 @@ def test_sharded_example_runs(tmp_path: Path, model_sim: SimHandle) -> None:
     proc = run_openbatch([local(a) for a in finalize_cmds[0][1:]])
     assert proc.returncode == 0, proc.stderr
     assert len(parse_lines((tmp_path / "out.jsonl").read_bytes())) == 4
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+
+
+def test_serve_quickstart_with_the_openai_client_and_curl(tmp_path: Path) -> None:
+    """The README's `openbatch serve` quickstart, as written: no model given (the built-in
+    simulator), the Python snippet, then the curl calls."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.fixtures.shim import start_serve
+
+    (serve_cmd,) = _commands("openbatch serve")
+    assert serve_cmd == ["openbatch", "serve"]
+    shutil.copytree(REPO_ROOT / "examples", tmp_path / "examples")
+    serve = start_serve(tmp_path / "data")
+    try:
+        (snippet,) = _python_blocks()
+        code = snippet.replace("http://127.0.0.1:8000/v1", serve.base_url)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("completed") and '"custom_id":"request-4"' in proc.stdout
+
+        ids: dict[str, str] = {}
+        for argv in _commands("curl"):
+            argv = [a.replace("http://127.0.0.1:8000/v1", serve.base_url) for a in argv]
+            argv = [a.replace("file-ID", ids.get("file", "file-ID")) for a in argv]
+            argv = [a.replace("BATCH_ID", ids.get("batch", "BATCH_ID")) for a in argv]
+            if "OUTPUT_FILE_ID" in " ".join(argv):
+                deadline = time.monotonic() + 60
+                while "output" not in ids:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+                    done = json.loads(
+                        subprocess.run(
+                            ["curl", "-s", f"{serve.base_url}/batches/{ids['batch']}"],
+                            capture_output=True,
+                            text=True,
+                            check=True,
+                        ).stdout
+                    )
+                    if done["status"] == "completed":
+                        ids["output"] = done["output_file_id"]
+                argv = [a.replace("OUTPUT_FILE_ID", ids["output"]) for a in argv]
+            proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, (argv, proc.stderr)
+            if proc.stdout.startswith("{"):
+                answer = json.loads(proc.stdout)
+                assert "error" not in answer, answer
+                if answer["object"] == "file" and "file" not in ids:
+                    ids["file"] = answer["id"]
+                elif answer["object"] == "batch":
+                    ids["batch"] = answer["id"]
+        lines = parse_lines((tmp_path / "output.jsonl").read_bytes())
+        assert sorted(line.custom_id for line in lines) == [f"request-{i}" for i in range(1, 5)]
+    finally:
+        serve.stop()
