@@ -18,17 +18,19 @@ Decisions fixed here:
   (before the operator ran) has it, as OpenAI's does (contract §2.1).
 - `errors` only for a `Failed` batch with recorded validation errors; OpenAI sends `null`
   otherwise, even when single requests failed (those live in the error file).
-- A batch the operator has not seen yet (no phase) is `validating`.
+- A batch the operator has not seen yet (no phase) is `validating`; one asked to cancel
+  (`spec.cancel`) that the operator has not moved yet is `cancelling`, since the request.
 """
 
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 
 from openbatch import wire
 from openbatch.endpoints import Endpoint
 from openbatch.ids import resource_name
 from openbatch.resource import (
     BATCH_ID_ANNOTATION,
+    CANCEL_REQUESTED_ANNOTATION,
     COMPLETION_WINDOW_ANNOTATION,
     CREATED_NS_ANNOTATION,
     IDEMPOTENCY_DIGEST_ANNOTATION,
@@ -108,6 +110,14 @@ def batch_from_resource(obj: BatchJob) -> wire.Batch:
         raise UnpersistedResource(f"BatchJob {obj.metadata.name!r} has no creationTimestamp")
     spec, status = obj.spec, obj.status
     phase = status.phase or Phase.VALIDATING
+    cancelling_time = status.cancelling_time
+    if spec.cancel and phase in (Phase.VALIDATING, Phase.IN_PROGRESS):
+        # Asked to cancel, not yet seen by the operator: it is cancelling from now on, and
+        # only ever becomes cancelled (contract §3.3).
+        phase = Phase.CANCELLING
+        requested = obj.metadata.annotations.get(CANCEL_REQUESTED_ANNOTATION, "")
+        if cancelling_time is None and requested.isdigit():
+            cancelling_time = datetime.fromtimestamp(int(requested), UTC)
     errors = None
     if phase is Phase.FAILED and status.errors:
         errors = wire.BatchErrors(
@@ -136,7 +146,7 @@ def batch_from_resource(obj: BatchJob) -> wire.Batch:
         completed_at=_unix(status.completed_time),
         failed_at=_unix(status.failed_time),
         expired_at=_unix(status.expired_time),
-        cancelling_at=_unix(status.cancelling_time),
+        cancelling_at=_unix(cancelling_time),
         cancelled_at=_unix(status.cancelled_time),
         request_counts=wire.BatchRequestCounts(
             total=counts.total, completed=counts.completed, failed=counts.failed

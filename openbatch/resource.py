@@ -54,6 +54,9 @@ IDEMPOTENCY_DIGEST_ANNOTATION = f"{GROUP}/idempotency-digest"
 # Written by the shim: creation time in nanoseconds, so that listing newest-first is a total
 # order even when many batches share one creationTimestamp second.
 CREATED_NS_ANNOTATION = f"{GROUP}/created-ns"
+# Written by the shim with `spec.cancel`: when the cancel was asked (Unix seconds), the
+# Batch object's `cancelling_at` until the operator records its own time.
+CANCEL_REQUESTED_ANNOTATION = f"{GROUP}/cancel-requested-at"
 
 DEFAULT_COMPLETION_WINDOW = "24h"
 # The longest window the operator accepts. OpenAI only offers 24h; a week covers large

@@ -87,42 +87,54 @@ def test_serve_quickstart_with_the_openai_client_and_curl(tmp_path: Path) -> Non
         (snippet,) = _python_blocks()
         code = snippet.replace("http://127.0.0.1:8000/v1", serve.base_url)
         proc = subprocess.run(
-            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("completed") and '"custom_id":"request-4"' in proc.stdout
 
-        ids: dict[str, str] = {}
-        for argv in _commands("curl"):
-            argv = [a.replace("http://127.0.0.1:8000/v1", serve.base_url) for a in argv]
-            argv = [a.replace("file-ID", ids.get("file", "file-ID")) for a in argv]
-            argv = [a.replace("BATCH_ID", ids.get("batch", "BATCH_ID")) for a in argv]
-            if "OUTPUT_FILE_ID" in " ".join(argv):
-                deadline = time.monotonic() + 60
-                while "output" not in ids:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.2)
-                    done = json.loads(
-                        subprocess.run(
-                            ["curl", "-s", f"{serve.base_url}/batches/{ids['batch']}"],
-                            capture_output=True,
-                            text=True,
-                            check=True,
-                        ).stdout
-                    )
-                    if done["status"] == "completed":
-                        ids["output"] = done["output_file_id"]
-                argv = [a.replace("OUTPUT_FILE_ID", ids["output"]) for a in argv]
-            proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        ids: dict[str, str] = {"http://127.0.0.1:8000/v1": serve.base_url}
+        for command in _commands("curl"):
+            if any("OUTPUT_FILE_ID" in a for a in command):
+                ids["OUTPUT_FILE_ID"] = _wait_output_file(serve.base_url, ids["BATCH_ID"])
+            argv = [_substitute(a, ids) for a in command]
+            proc = subprocess.run(
+                argv, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+            )
             assert proc.returncode == 0, (argv, proc.stderr)
             if proc.stdout.startswith("{"):
                 answer = json.loads(proc.stdout)
                 assert "error" not in answer, answer
-                if answer["object"] == "file" and "file" not in ids:
-                    ids["file"] = answer["id"]
+                if answer["object"] == "file":
+                    ids.setdefault("file-ID", answer["id"])
                 elif answer["object"] == "batch":
-                    ids["batch"] = answer["id"]
+                    ids["BATCH_ID"] = answer["id"]
         lines = parse_lines((tmp_path / "output.jsonl").read_bytes())
         assert sorted(line.custom_id for line in lines) == [f"request-{i}" for i in range(1, 5)]
     finally:
         serve.stop()
+
+
+def _substitute(arg: str, values: dict[str, str]) -> str:
+    for placeholder, value in values.items():
+        arg = arg.replace(placeholder, value)
+    return arg
+
+
+def _wait_output_file(base_url: str, batch_id: str) -> str:
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(f"{base_url}/batches/{batch_id}", timeout=10) as resp:  # noqa: S310
+            batch = json.loads(resp.read())
+        if batch["status"] == "completed":
+            output: str = batch["output_file_id"]
+            return output
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.2)

@@ -9,10 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tests.fixtures.model_sim import SimHandle
-from tests.fixtures.shim import ServeFactory, ServeHandle
 from tests.runner_support import chat_line, jsonl
-from tests.shim.conftest import client_for, wait_status
+from tests.shim.conftest import Api, ApiFactory, client_for, wait_status
 
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
@@ -26,13 +24,13 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 
 
 @pytest.fixture
-def http(serve: ServeHandle) -> httpx.Client:
-    return httpx.Client(base_url=serve.base_url, headers={"Authorization": "Bearer k"})
+def http(api: Api) -> httpx.Client:
+    return httpx.Client(base_url=api.base_url, headers={"Authorization": "Bearer k"})
 
 
 @pytest.fixture
-def file_id(serve: ServeHandle) -> str:
-    client = client_for(serve)
+def file_id(api: Api) -> str:
+    client = client_for(api)
     return client.files.create(file=("in.jsonl", jsonl([chat_line(1)])), purpose="batch").id
 
 
@@ -122,14 +120,14 @@ def test_unknown_routes_and_methods_answer_in_the_envelope(http: httpx.Client) -
     )
 
 
-def test_cancel_semantics(serve: ServeHandle, file_id: str) -> None:
-    client = client_for(serve)
+def test_cancel_semantics(api: Api, file_id: str) -> None:
+    client = client_for(api)
     batch = client.batches.create(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     done = wait_status(client, batch.id)
     assert done.status == "completed"
-    with httpx.Client(base_url=serve.base_url) as http:
+    with httpx.Client(base_url=api.base_url) as http:
         response = http.post(
             f"/batches/{batch.id}/cancel", headers={"content-type": "application/json"}
         )
@@ -173,7 +171,7 @@ def test_upload_errors(http: httpx.Client, tmp_path: Path) -> None:
     assert error_of(denied)["message"] == "Not allowed to download files of purpose: user_data"
 
 
-def test_a_batch_file_over_200_mib_is_refused(http: httpx.Client, serve: ServeHandle) -> None:
+def test_a_batch_file_over_200_mib_is_refused(http: httpx.Client, api: Api) -> None:
     chunk = b'{"custom_id": "x", "pad": "' + b"a" * (1 << 20) + b'"}\n'
     count = 201
 
@@ -202,13 +200,11 @@ def test_a_batch_file_over_200_mib_is_refused(http: httpx.Client, serve: ServeHa
     )
     assert response.status_code == 400, response.text[:300]
     assert error_of(response)["message"].startswith("File is too large.")
-    assert client_for(serve).files.list().data == []  # nothing was kept
+    assert client_for(api).files.list().data == []  # nothing was kept
 
 
-def test_auth(serve_factory: ServeFactory, model_sim: SimHandle, tmp_path: Path) -> None:
-    serve = serve_factory(
-        tmp_path / "d", models={"m": model_sim.base_url}, api_keys={"sk-a": "team-a"}
-    )
+def test_auth(api_factory: ApiFactory) -> None:
+    serve = api_factory(api_keys={"sk-a": "team-a"})
     with httpx.Client(base_url=serve.base_url) as http:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic sk-a"}):
             for path in ("/batches", "/files/file-x", "/nonexistent"):

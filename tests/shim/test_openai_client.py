@@ -10,13 +10,12 @@ import openai
 import orjson
 
 from openbatch.lines import OutputLine
-from tests.fixtures.shim import ServeHandle
 from tests.runner_support import chat_line, jsonl
-from tests.shim.conftest import TERMINAL, client_for, wait_status
+from tests.shim.conftest import TERMINAL, Api, client_for, wait_status
 
 
-def test_full_lifecycle_with_the_official_client(serve: ServeHandle, tmp_path: Path) -> None:
-    client = client_for(serve)
+def test_full_lifecycle_with_the_official_client(api: Api, tmp_path: Path) -> None:
+    client = client_for(api)
     path = tmp_path / "batchinput.jsonl"
     path.write_bytes(jsonl(chat_line(i) for i in range(25)))
     with path.open("rb") as f:
@@ -51,8 +50,8 @@ def test_full_lifecycle_with_the_official_client(serve: ServeHandle, tmp_path: P
     assert listed == [done.output_file_id]
 
 
-async def test_async_client_lifecycle(serve: ServeHandle) -> None:
-    client = openai.AsyncOpenAI(base_url=serve.base_url, api_key="k", max_retries=0)
+async def test_async_client_lifecycle(api: Api) -> None:
+    client = openai.AsyncOpenAI(base_url=api.base_url, api_key="k", max_retries=0)
     uploaded = await client.files.create(
         file=("in.jsonl", jsonl(chat_line(i) for i in range(3))), purpose="batch"
     )

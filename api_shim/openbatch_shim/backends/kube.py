@@ -18,7 +18,7 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from openbatch.resource import GROUP, PLURAL, VERSION, BatchJob
+from openbatch.resource import CANCEL_REQUESTED_ANNOTATION, GROUP, PLURAL, VERSION, BatchJob
 from openbatch_shim.backends.base import BatchIndex
 from openbatch_shim.errors import ServiceUnavailable
 
@@ -205,7 +205,12 @@ class KubeBackend:
                 namespace,
                 PLURAL,
                 name,
-                {"spec": {"cancel": True}},
+                {
+                    "metadata": {
+                        "annotations": {CANCEL_REQUESTED_ANNOTATION: str(int(time.time()))}
+                    },
+                    "spec": {"cancel": True},
+                },
             )
         except ApiException as exc:
             if exc.status == HTTP_NOT_FOUND:
