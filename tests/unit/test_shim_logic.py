@@ -1,0 +1,106 @@
+"""Pure pieces of the shim: the newest-first index, cursors, windows, create parsing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from openbatch.batch_mapping import batch_from_resource, batch_id_of, batchjob_from_create
+from openbatch.resource import BatchJob
+from openbatch.wire import CreateBatchRequest
+from openbatch_shim.backends.base import BatchIndex
+from openbatch_shim.batches_service import (
+    idempotent_batch_id,
+    parameters_digest,
+    parse_create,
+    spec_window,
+)
+from openbatch_shim.errors import BadRequest
+from openbatch_shim.pagination import page
+
+CREATED = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def job(batch_id: str, ns: int) -> BatchJob:
+    request = CreateBatchRequest(
+        input_file_id="file-a", endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    made = batchjob_from_create(
+        request, batch_id=batch_id, namespace="t", spec_window="24h", created_ns=ns
+    )
+    meta = made.metadata.model_copy(update={"creation_timestamp": CREATED})
+    return BatchJob.model_validate({**made.model_dump(by_alias=True), "metadata": meta})
+
+
+def test_index_is_newest_first_and_a_total_order_within_one_second() -> None:
+    index = BatchIndex()
+    ids = [f"batch_{i:032x}" for i in range(50)]
+    for i, batch_id in enumerate(ids):
+        index.put(job(batch_id, 1_000_000_000 + (i // 10)))  # ten per nanosecond tick
+    ordered = [batch_id_of(j) for j in index.ordered()]
+    assert len(ordered) == len(set(ordered)) == 50
+    collected: list[str] = []
+    after = None
+    while True:
+        found = index.page(after, 7)
+        assert found is not None
+        chunk, more = found
+        collected += [batch_id_of(j) for j in chunk]
+        if not more:
+            break
+        after = batch_id_of(chunk[-1])
+    assert collected == ordered  # every batch once, in order
+    assert ordered[0] in ids[40:] and ordered[-1] in ids[:10]
+    index.put(job(ids[0], 1_000_000_000))  # an update keeps the order
+    assert [batch_id_of(j) for j in index.ordered()] == ordered
+    assert index.page("batch_unknown", 5) is None
+
+
+def test_cursor_pagination_rejects_a_foreign_cursor() -> None:
+    items = ["a", "b", "c"]
+    assert page(items, str, after=None, limit=2) == (["a", "b"], True)
+    assert page(items, str, after="b", limit=2) == (["c"], False)
+    with pytest.raises(BadRequest, match="after"):
+        page(items, str, after="zz", limit=2)
+
+
+@pytest.mark.parametrize(
+    ("window", "spec"),
+    [("24h", "24h"), ("7d", "168h"), ("90s", "90s"), ("45m", "45m"), ("8d", None),
+     ("0h", None), ("1w", None), ("h", None), ("", None)],
+)  # fmt: skip
+def test_completion_windows_in_the_crd_form(window: str, spec: str | None) -> None:
+    assert spec_window(window) == spec
+
+
+def test_the_window_echoes_what_the_client_sent() -> None:
+    request = CreateBatchRequest(
+        input_file_id="file-a", endpoint="/v1/chat/completions", completion_window="7d"
+    )
+    made = batchjob_from_create(
+        request, batch_id="batch_x", namespace="t", spec_window="168h", created_ns=1
+    )
+    assert made.spec.completion_window == "168h"
+    stored = made.model_copy(
+        update={"metadata": made.metadata.model_copy(update={"creation_timestamp": CREATED})}
+    )
+    stored = BatchJob.model_validate(stored.model_dump(by_alias=True))
+    rendered = batch_from_resource(stored)
+    assert rendered.completion_window == "7d"
+    assert rendered.expires_at == rendered.created_at + 7 * 86400
+
+
+def test_same_parameters_in_any_key_order_have_one_digest() -> None:
+    base: dict[str, Any] = {
+        "input_file_id": "file-a",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+    a = parse_create({**base, "metadata": {"x": "1", "y": "2"}}, ["24h"])
+    b = parse_create({**base, "metadata": {"y": "2", "x": "1"}, "vendor": 5}, ["24h"])
+    c = parse_create({**base, "metadata": {"x": "1"}}, ["24h"])
+    assert parameters_digest(a) == parameters_digest(b) != parameters_digest(c)
+    assert idempotent_batch_id("t", "k") == idempotent_batch_id("t", "k")
+    assert idempotent_batch_id("t", "k") != idempotent_batch_id("u", "k")
