@@ -69,7 +69,11 @@ def config_from_args(args: RunnerArgs) -> RunConfig:
         api_key=args.api_key or os.environ.get("OPENBATCH_API_KEY") or None,
         commit_every=args.commit_every,
         commit_interval=args.commit_interval,
-        limits=ValidationLimits(max_lines=args.max_lines, max_bytes=args.max_bytes),
+        limits=ValidationLimits(
+            max_lines=args.max_lines,
+            max_bytes=args.max_bytes,
+            max_line_bytes=args.max_line_bytes,
+        ),
         poll_interval=args.poll_interval,
         grace_period=args.grace_period,
         term_grace=args.term_grace,
@@ -117,12 +121,16 @@ def finalize_main(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return ExitCode.USAGE if exc.code else ExitCode.DONE
     from openbatch_runner.finalize import ShardsNotFinished, finalize
+    from openbatch_runner.workdir import ShardCountMismatch, WorkDirMissing
 
     try:
         result = finalize(args.work_dir, args.shards, args.output, args.errors)
     except ShardsNotFinished as exc:
         sys.stderr.write(f"openbatch finalize: {exc}\n")
         return ExitCode.INFRASTRUCTURE
+    except (ShardCountMismatch, WorkDirMissing, ValueError) as exc:
+        sys.stderr.write(f"openbatch finalize: error: {exc}\n")
+        return ExitCode.USAGE
     except StorageError as exc:
         sys.stderr.write(f"openbatch finalize: storage error: {exc}\n")
         return ExitCode.INFRASTRUCTURE if exc.transient else ExitCode.USAGE

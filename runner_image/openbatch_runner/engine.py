@@ -13,17 +13,18 @@ import sys
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
 import orjson
 from pydantic import ValidationError
 
-from openbatch.jsonl import iter_lines
+from openbatch.jsonl import is_blank, iter_lines
 from openbatch.layout import cancel_key, progress_key, validation_key
 from openbatch.lines import LineErrorCode
 from openbatch.progress import InputFingerprint, ProgressRecord, RunState
 from openbatch.routing import endpoint_url
 from openbatch.runner_args import ExitCode
-from openbatch.storage import StorageError, open_uri
+from openbatch.storage import LocalStore, StorageError, open_uri
 from openbatch.usage import to_batch_usage
 from openbatch.validation import StreamingValidator, ValidationReport
 from openbatch_runner.aimd import AimdController
@@ -36,8 +37,9 @@ from openbatch_runner.parts import CorruptPart
 from openbatch_runner.progress_view import ProgressView, Snapshot
 from openbatch_runner.reply import Reply
 from openbatch_runner.retry import AttemptKind, RetryPolicy, backoff_delay, should_retry
-from openbatch_runner.source import shard_lines, take
+from openbatch_runner.source import DigestReader, content_digest, shard_lines, take
 from openbatch_runner.window import Window
+from openbatch_runner.workdir import ShardCountMismatch, check_shard_count
 
 READ_BATCH = 512
 OVERLOAD_STATUSES = frozenset({429, 503})
@@ -82,6 +84,8 @@ class Runner:
         self.aimd: AimdController | None = None
         self.window: Window | None = None
         self._owns_work_dir = False  # True once the work dir is known to be this input's
+        self._had_record = False  # this shard's record existed before this run
+        self._wrote_record = False  # this run wrote this shard's record
 
     # ----------------------------------------------------------------- entry point
     async def run(self) -> int:
@@ -110,8 +114,11 @@ class Runner:
         """Say why, and leave the reason in the progress record for the operator (best
         effort: the storage that failed may be the one we would write it to)."""
         self.view.message(message)
-        # Never overwrite the record of a work dir that belongs to another input.
-        if self._owns_work_dir and not self.record.state.terminal:
+        # Never overwrite the record of a work dir that belongs to another input, and do not
+        # make a local work dir just to say that the arguments or the input are wrong (an
+        # operator reads the reason from object storage, so there it is always written).
+        made = self._had_record or self._wrote_record or not isinstance(self.work_store, LocalStore)
+        if self._owns_work_dir and made and not self.record.state.terminal:
             self.record.message = message
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._write_progress(), timeout=10)
@@ -151,21 +158,35 @@ class Runner:
         """Check the input and the work dir, validate; an exit code means: stop here."""
         cfg = self.cfg
         previous = await self._read_progress()
+        self._had_record = previous is not None
+        try:
+            await asyncio.to_thread(
+                check_shard_count,
+                self.work_store,
+                self.work_key,
+                cfg.work_dir,
+                cfg.shards,
+                previous,
+                how=f"--shard {cfg.shard}/{cfg.shards}",
+            )
+        except ShardCountMismatch as exc:
+            raise UsageError(str(exc)) from exc
         info = await asyncio.to_thread(self.in_store.stat, self.in_key)
         if info is None:
             self._owns_work_dir = previous is None
-            raise UsageError(f"input file {cfg.input} does not exist")
+            raise UsageError(self._missing_input_message())
         fingerprint = InputFingerprint(uri=cfg.input, size=info.size, etag=info.etag)
         if previous is not None:
             self._check_same_input(previous, fingerprint)
-        self._owns_work_dir = True  # no record yet, or the record is this input's
-        if previous is not None:
-            if previous.state is RunState.FAILED:
-                return self._report_invalid(previous)
-            if previous.state.terminal:
+            if previous.state.terminal and previous.state is not RunState.FAILED:
+                self._owns_work_dir = True
                 self.record = previous
                 self.view.message(f"shard {cfg.shard} already {previous.state.value}")
                 return await self._finish()
+            await self._check_same_content(previous, fingerprint)
+        self._owns_work_dir = True  # no record yet, or the record is this input's
+        if previous is not None and previous.state is RunState.FAILED:
+            return self._report_invalid(previous)
         self.record.input = fingerprint
         if previous is not None and previous.model is not None:
             # Validated by an earlier run of this shard on the very same input.
@@ -173,7 +194,8 @@ class Runner:
             self.record.model = previous.model
         else:
             await self._write_progress()
-            report, shard_total = await asyncio.to_thread(self._validate)
+            report, shard_total, digest = await asyncio.to_thread(self._validate)
+            fingerprint.digest = digest
             if not report.ok:
                 return await self._fail_validation(report)
             self.record.total = shard_total
@@ -240,22 +262,30 @@ class Runner:
         return None
 
     # ----------------------------------------------------------------- validation
-    def _validate(self) -> tuple[ValidationReport, int]:
+    def _validate(self) -> tuple[ValidationReport, int, str | None]:
+        """Validate the whole input; also count this shard's lines and fingerprint the
+        content in the same pass (None when validation stopped before the end)."""
         cfg = self.cfg
         known = set(cfg.routing.models) if cfg.routing is not None else None
         validator = StreamingValidator(cfg.endpoint, limits=cfg.limits, known_models=known)
         shard_total = 0
         ordinal = 0
         with self.in_store.open_read(self.in_key) as reader:
-            for index, line in iter_lines(reader):
+            digester = DigestReader(reader)
+            lines = iter_lines(digester, max_line_bytes=cfg.limits.max_line_bytes)
+            for index, line in lines:
                 validator.feed(index, line)
                 if validator.stopped:
                     break
-                if line.strip():
+                if not is_blank(line):
                     if ordinal % cfg.shards == cfg.shard:
                         shard_total += 1
                     ordinal += 1
-        return validator.finish(), shard_total
+        return validator.finish(), shard_total, digester.digest if digester.at_end else None
+
+    def _input_digest(self) -> str:
+        with self.in_store.open_read(self.in_key) as reader:
+            return content_digest(reader)
 
     async def _fail_validation(self, report: ValidationReport) -> int:
         self.record.state = RunState.FAILED
@@ -291,6 +321,38 @@ class Runner:
                 f"the work dir {self.cfg.work_dir} holds results of a different input "
                 f"({before.uri}, {before.size} bytes); use a new --work-dir for a new input"
             )
+
+    async def _check_same_content(
+        self, previous: ProgressRecord, current: InputFingerprint
+    ) -> None:
+        """Refuse to resume on an input whose bytes changed (same size, edited lines).
+
+        Local files are read once more to compare their fingerprint (only on a resume: a
+        first run fingerprints during validation). On S3 the ETag, already compared, is a
+        content hash, so the input is not read again.
+        """
+        before = previous.input
+        if before is None or before.digest is None:
+            return  # validation never finished, or a record older than fingerprints
+        if current.uri.startswith("s3://") and current.etag is not None:
+            current.digest = before.digest
+            return
+        digest = await asyncio.to_thread(self._input_digest)
+        if digest != before.digest:
+            raise UsageError(
+                f"the input {self.cfg.input} changed since the work dir {self.cfg.work_dir} "
+                f"was made (same size, different content): resuming would mix two files; "
+                f"restore the original input, or use a new --work-dir"
+            )
+        current.digest = digest
+
+    def _missing_input_message(self) -> str:
+        path = Path(self.in_key)
+        if isinstance(self.in_store, LocalStore) and path.is_dir():
+            return f"input {self.cfg.input} is a directory, not a file"
+        if isinstance(self.in_store, LocalStore) and path.exists():
+            return f"input {self.cfg.input} is not a regular file"
+        return f"input file {self.cfg.input} does not exist"
 
     def _resolve_urls(self) -> list[str]:
         cfg = self.cfg
@@ -491,6 +553,7 @@ class Runner:
         await asyncio.to_thread(
             self.work_store.put_bytes, progress_key(self.work_key, self.cfg.shard), data
         )
+        self._wrote_record = True
 
     async def _show_progress(self) -> None:
         while True:

@@ -14,7 +14,6 @@ from openbatch.layout import (
     PartKind,
     PartName,
     parse_part_name,
-    progress_key,
     result_key,
     shard_prefix,
 )
@@ -25,6 +24,13 @@ from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage, to_batch_usage, u
 from openbatch_runner.bitmap import Bitmap
 from openbatch_runner.committer import read_first_line
 from openbatch_runner.parts import decode_header
+from openbatch_runner.workdir import (
+    ShardCountMismatch,
+    WorkDirMissing,
+    mismatch_message,
+    read_record,
+    recorded_shards,
+)
 
 _UNRUN_CODES = frozenset({LineErrorCode.BATCH_CANCELLED, LineErrorCode.BATCH_EXPIRED})
 
@@ -155,18 +161,40 @@ def _combined_state(records: list[ProgressRecord]) -> RunState:
     return RunState.COMPLETED
 
 
+def _shard_records(
+    store: ObjectStore, work: str, work_dir: str, shards: int
+) -> list[ProgressRecord]:
+    """Every shard's record, once each is terminal and all agree on the shard count."""
+    present = recorded_shards(store, work)
+    if not present:
+        raise WorkDirMissing(
+            f"the work dir {work_dir} does not exist (no shard's progress record is there)"
+        )
+    how = f"finalize --shards {shards}"
+    found: dict[int, ProgressRecord] = {}
+    for shard in present:
+        record = read_record(store, work, shard)
+        if record is None:
+            continue
+        if record.shards != shards:
+            raise ShardCountMismatch(mismatch_message(work_dir, record.shards, shards, how))
+        found[shard] = record
+    beyond = [k for k in found if k >= shards]
+    if beyond:
+        raise ShardCountMismatch(mismatch_message(work_dir, max(beyond) + 1, shards, how))
+    for shard in range(shards):
+        record = found.get(shard)
+        if record is None:
+            raise ShardsNotFinished(f"shard {shard} of {shards} has not started")
+        if not record.state.terminal:
+            raise ShardsNotFinished(f"shard {shard} of {shards} is {record.state.value}")
+    return [found[shard] for shard in range(shards)]
+
+
 def finalize(work_dir: str, shards: int, output: str, errors: str) -> FinalResult:
     """Join all shards' parts into `output` and `errors` and record `result.json`."""
     store, work = open_uri(work_dir)
-    records: list[ProgressRecord] = []
-    for shard in range(shards):
-        key = progress_key(work, shard)
-        if not store.exists(key):
-            raise ShardsNotFinished(f"shard {shard} of {shards} has not started")
-        record = ProgressRecord.model_validate_json(store.read_bytes(key))
-        if not record.state.terminal:
-            raise ShardsNotFinished(f"shard {shard} of {shards} is {record.state.value}")
-        records.append(record)
+    records = _shard_records(store, work, work_dir, shards)
     state = _combined_state(records)
     model = next((r.model for r in records if r.model), None)
     total = sum(r.total for r in records)

@@ -1,0 +1,196 @@
+"""The real `openbatch run` / `finalize` processes refuse what would lose or mix lines.
+
+Issue 7: a work dir keeps its shard count and its input's content fingerprint; odd inputs
+(a BOM, a huge line) are handled in bounded memory; first-use errors are clear.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import pytest
+
+from openbatch.progress import RunState
+from tests.fixtures.model_sim import ModelSimFactory, SimHandle
+from tests.runner_support import (
+    assert_exactly_once,
+    chat_line,
+    jsonl,
+    parse_lines,
+    progress,
+    read_uri,
+    run_args,
+    run_openbatch,
+    start_openbatch,
+    wait_for,
+    write_uri,
+)
+
+MIB = 1024 * 1024
+
+
+class Files:
+    """A test's input, output, errors and work dir under one local directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.input = str(root / "input.jsonl")
+        self.output = str(root / "output.jsonl")
+        self.errors = str(root / "errors.jsonl")
+        self.work = str(root / "work")
+
+    def args(self, sim: SimHandle, *extra: str, work: str | None = None) -> list[str]:
+        return run_args(self.input, self.output, work or self.work, [sim.base_url], *extra)
+
+    def finalize_args(self, shards: int, work: str | None = None) -> list[str]:
+        return [
+            *["finalize", "--work-dir", work or self.work, "--shards", str(shards)],
+            *["--output", self.output, "--errors", self.errors],
+        ]
+
+    def outputs(self) -> tuple[list[Any], list[Any]]:
+        return parse_lines(read_uri(self.output)), parse_lines(read_uri(self.errors))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    return Files(tmp_path)
+
+
+def write_batch(files: Files, n: int) -> set[str]:
+    write_uri(files.input, jsonl(chat_line(i) for i in range(n)))
+    return {f"req-{i}" for i in range(n)}
+
+
+# ------------------------------------------------------------------ item 1: shard count
+
+
+def test_a_work_dir_keeps_its_shard_count(files: Files, model_sim: SimHandle) -> None:
+    ids = write_batch(files, 60)
+    for k in range(3):
+        proc = run_openbatch(files.args(model_sim, "--shard", f"{k}/3"))
+        assert proc.returncode == 0, proc.stderr
+    for shards in (2, 4, 1):
+        fin = run_openbatch(files.finalize_args(shards))
+        assert fin.returncode == 2, fin.stderr
+        assert "3 shard(s)" in fin.stderr and f"asks for {shards}" in fin.stderr, fin.stderr
+        assert read_uri(files.output) is None
+    for shard in ("0/2", "1/2", "2/4", "0/1"):
+        proc = run_openbatch(files.args(model_sim, "--shard", shard))
+        assert proc.returncode == 2, proc.stderr
+        assert "3 shard(s)" in proc.stderr and "asks for" in proc.stderr, proc.stderr
+        assert "already" not in proc.stderr
+    fin = run_openbatch(files.finalize_args(3))
+    assert fin.returncode == 0, fin.stderr
+    assert_exactly_once(ids, *files.outputs())
+
+
+# ------------------------------------------------------------------ item 2: edited input
+
+
+def _interrupted_run(files: Files, sim: SimHandle) -> list[str]:
+    """Start a run, SIGTERM it once some lines are committed; return its arguments."""
+    args = files.args(sim, "--concurrency", "4", "--commit-interval", "0.2")
+    proc = start_openbatch(args)
+    wait_for(lambda: sim.stats()["requests"] >= 40, 60, "40 requests")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 75, stderr
+    record = progress(files.work)
+    assert record is not None and record.state is RunState.INTERRUPTED
+    assert record.input is not None and record.input.digest is not None
+    return args
+
+
+def test_a_resume_on_edited_input_of_the_same_size_is_refused(
+    files: Files, model_sim_factory: ModelSimFactory
+) -> None:
+    sim = model_sim_factory(slots=4, service_time=0.02)
+    n = 400
+    ids = write_batch(files, n)
+    original = Path(files.input).read_bytes()
+    args = _interrupted_run(files, sim)
+    lines = original.splitlines(keepends=True)
+    # Swap two lines of equal length near the end (not yet run): same size, other content.
+    lines[n - 2], lines[n - 1] = lines[n - 1], lines[n - 2]
+    swapped = b"".join(lines)
+    assert len(swapped) == len(original) and swapped != original
+    Path(files.input).write_bytes(swapped)
+    before = sim.stats()["requests"]
+    proc = run_openbatch(args)
+    assert proc.returncode == 2, proc.stderr
+    assert "changed since the work dir" in proc.stderr and "same size" in proc.stderr
+    assert sim.stats()["requests"] == before  # nothing sent
+    record = progress(files.work)
+    assert record is not None and record.state is RunState.INTERRUPTED  # left as it was
+
+    # Unrun lines turned into invalid JSON of the same length: refused too.
+    broken = original[:-30] + b"#" * 29 + b"\n"
+    Path(files.input).write_bytes(broken)
+    proc = run_openbatch(args)
+    assert proc.returncode == 2 and "changed since the work dir" in proc.stderr
+
+    Path(files.input).write_bytes(original)  # the original resumes
+    proc = run_openbatch(args)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming shard 0" in proc.stderr
+    out, err = files.outputs()
+    assert_exactly_once(ids, out, err)
+    assert len(out) == n
+
+
+# ------------------------------------------------------------------ items 14, 15: odd input
+
+
+def test_a_utf8_bom_at_the_start_is_accepted(files: Files, model_sim: SimHandle) -> None:
+    ids = write_batch(files, 5)
+    Path(files.input).write_bytes(b"\xef\xbb\xbf" + Path(files.input).read_bytes())
+    proc = run_openbatch(files.args(model_sim))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out, err = files.outputs()
+    assert_exactly_once(ids, out, err)
+    assert len(out) == 5
+
+
+def test_a_line_over_max_line_bytes_fails_validation(files: Files, model_sim: SimHandle) -> None:
+    lines = [chat_line(i) for i in range(4)]
+    lines[2]["body"]["messages"][0]["content"] = "x" * 5000
+    write_uri(files.input, jsonl(lines))
+    proc = run_openbatch(files.args(model_sim, "--max-line-bytes", "4096"))
+    assert proc.returncode == 3, proc.stderr
+    [error] = orjson.loads(proc.stdout)["data"]
+    assert (error["code"], error["param"], error["line"]) == ("invalid_request", None, 3)
+    assert "maximum is 4096 bytes per line" in error["message"]
+    assert model_sim.stats()["requests"] == 0
+
+
+def test_a_150_mib_line_is_rejected_in_bounded_memory(files: Files, model_sim: SimHandle) -> None:
+    """The default cap (8 MiB) rejects it; the runner never holds the line (the old
+    splitting took 18 s and 818 MB of memory for it, then sent it)."""
+    head = orjson.dumps(chat_line(1))
+    big = head[:-2] + b', "pad": "' + b"x" * (150 * MIB) + b'"}}'
+    with Path(files.input).open("wb") as f:
+        f.write(orjson.dumps(chat_line(0)) + b"\n")
+        f.write(big + b"\n")
+        f.write(orjson.dumps(chat_line(2)) + b"\n")
+    proc = start_openbatch(files.args(model_sim))
+    watched = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3, stderr
+    [error] = orjson.loads(stdout)["data"]
+    assert (error["code"], error["line"]) == ("invalid_request", 2)
+    assert f"This line is {len(big)} bytes" in error["message"]
+    assert peak < 200 * MIB, f"peak RSS {peak / MIB:.0f} MiB"
+    assert model_sim.stats()["requests"] == 0
