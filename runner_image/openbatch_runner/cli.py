@@ -9,7 +9,10 @@ documented in `--help` and in docs/runner.md; secrets come from the environment.
 import asyncio
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from openbatch.routing import RoutingTable, parse_routing_table
@@ -102,9 +105,40 @@ def run_main(argv: Sequence[str]) -> int:
     from openbatch_runner.engine import Runner
 
     async def _main() -> int:
+        asyncio.get_running_loop().set_default_executor(_IoThreads(thread_name_prefix=IO_THREADS))
         return await Runner(cfg).run()
 
-    return _run_async(_main)
+    code = _run_async(_main)
+    _exit_past_stuck_threads(code)
+    return code
+
+
+IO_THREADS = "openbatch-io"
+
+
+class _IoThreads(ThreadPoolExecutor):
+    """The loop's default executor, where storage calls run. Shutting it down never waits:
+    a storage call stuck in its retries must not hold up the exit after SIGTERM."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
+
+
+def _exit_past_stuck_threads(code: int, wait: float = 1.0) -> None:
+    """Exit now if a storage thread is still busy (the run gave up waiting for it).
+
+    Idle workers end within milliseconds of the executor's shutdown; one that does not is
+    inside a storage call that retries for minutes, and the interpreter would join it.
+    Nothing it could still do matters: the rerun resumes from the last committed part.
+    """
+    deadline = time.monotonic() + wait
+    for thread in threading.enumerate():
+        if thread.name.startswith(IO_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
 
 
 def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:

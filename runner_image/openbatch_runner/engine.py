@@ -42,6 +42,10 @@ from openbatch_runner.window import Window
 from openbatch_runner.workdir import ShardCountMismatch, check_shard_count
 
 READ_BATCH = 512
+# After SIGTERM/SIGINT, the last commit may take this long past --term-grace; then the runner
+# exits anyway (storage may be down, and what is not committed is simply run again).
+TERM_MARGIN = 5.0
+_CANCEL_WAIT = 1.0  # part of the margin: how long an abandoned run may take to unwind
 OVERLOAD_STATUSES = frozenset({429, 503})
 
 
@@ -66,6 +70,7 @@ class Runner:
         self.stop_reason: StopReason | None = None
         self.terminated: StopReason | None = None
         self.stop_event = asyncio.Event()
+        self.term_event = asyncio.Event()  # set by the first SIGTERM/SIGINT
         self.rng = random.Random()
         self.policy = RetryPolicy(
             max_attempts=cfg.max_attempts,
@@ -96,6 +101,41 @@ class Runner:
         ):
             loop.add_signal_handler(sig, self.request_stop, reason)
         try:
+            return await self._run_bounded()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def _run_bounded(self) -> int:
+        """Run, but after SIGTERM/SIGINT never longer than --term-grace + TERM_MARGIN.
+
+        Storage calls run in threads that retry for OPENBATCH_S3_RETRY_SECONDS and cannot
+        be interrupted; past the bound the run is abandoned (the CLI then exits without
+        waiting for those threads) and the rerun resumes from the last committed part.
+        """
+        main = asyncio.create_task(self._run_reporting())
+        overdue = asyncio.create_task(self._overdue())
+        try:
+            await asyncio.wait({main, overdue}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            overdue.cancel()
+        if main.done():
+            return main.result()
+        main.cancel()
+        await asyncio.wait({main}, timeout=_CANCEL_WAIT)
+        how = "SIGTERM" if self.terminated is StopReason.TERM else "SIGINT"
+        self.view.message(
+            f"stopped by {how}: storage did not finish the last commit within --term-grace "
+            f"+ {TERM_MARGIN:g}s; exiting anyway, uncommitted lines run again on resume"
+        )
+        return ExitCode.INTERRUPTED if self.terminated is StopReason.TERM else ExitCode.KEYBOARD
+
+    async def _overdue(self) -> None:
+        await self.term_event.wait()
+        await asyncio.sleep(self.cfg.term_grace + TERM_MARGIN - _CANCEL_WAIT)
+
+    async def _run_reporting(self) -> int:
+        try:
             return await self._run()
         except UsageError as exc:
             return await self._give_up(f"error: {exc}", ExitCode.USAGE)
@@ -106,9 +146,6 @@ class Runner:
             # Something other than a runner wrote into the work dir: retrying cannot help.
             message = f"error: the work dir {self.cfg.work_dir} is corrupt: {exc}"
             return await self._give_up(message, ExitCode.USAGE)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
 
     async def _give_up(self, message: str, code: int) -> int:
         """Say why, and leave the reason in the progress record for the operator (best
@@ -129,6 +166,7 @@ class Runner:
         # cancel into a resume, but it does cut the cancel's remaining work short.
         if reason in (StopReason.TERM, StopReason.INTERRUPT):
             self.terminated = reason
+            self.term_event.set()
         if self.stop_reason is None:
             self.stop_reason = reason
             self.stop_event.set()

@@ -7,6 +7,7 @@ Issue 7: a work dir keeps its shard count and its input's content fingerprint; o
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ import pytest
 
 from openbatch.progress import RunState
 from tests.fixtures.model_sim import ModelSimFactory, SimHandle
+from tests.fixtures.s3 import SeaweedServer, unique_bucket_name
 from tests.runner_support import (
     assert_exactly_once,
     chat_line,
+    committed_lines,
     jsonl,
     parse_lines,
     progress,
@@ -32,6 +35,7 @@ from tests.runner_support import (
 )
 
 MIB = 1024 * 1024
+TERM_GRACE = 2.0
 
 
 class Files:
@@ -194,3 +198,52 @@ def test_a_150_mib_line_is_rejected_in_bounded_memory(files: Files, model_sim: S
     assert f"This line is {len(big)} bytes" in error["message"]
     assert peak < 200 * MIB, f"peak RSS {peak / MIB:.0f} MiB"
     assert model_sim.stats()["requests"] == 0
+
+
+# ------------------------------------------------------------------ item 6: SIGTERM, storage down
+
+
+def test_sigterm_while_storage_is_down_exits_within_the_grace(
+    seaweed_outage: SeaweedServer,
+    model_sim_factory: ModelSimFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Storage calls retry for OPENBATCH_S3_RETRY_SECONDS (60 s by default) in threads;
+    the exit after SIGTERM must not wait for them (it took 115 s). The rerun resumes."""
+    env = seaweed_outage.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    root = f"s3://{seaweed_outage.make_bucket(unique_bucket_name())}/term"
+    sim = model_sim_factory(slots=8, service_time=0.01)
+    n = 3000
+    write_uri(f"{root}/input.jsonl", jsonl(chat_line(i) for i in range(n)))
+    args = run_args(
+        f"{root}/input.jsonl",
+        f"{root}/output.jsonl",
+        f"{root}/work",
+        [sim.base_url],
+        *["--concurrency", "8", "--commit-every", "100", "--commit-interval", "0.2"],
+        *["--term-grace", str(TERM_GRACE)],
+    )
+    proc = start_openbatch(args, env=env)
+    wait_for(lambda: committed_lines(f"{root}/work") >= 300, 60, "300 committed lines")
+    seaweed_outage.stop()
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    try:
+        # --term-grace + the runner's 5 s margin + slack for a loaded machine: well under
+        # the 60 s a single storage call retries.
+        _, stderr = proc.communicate(timeout=TERM_GRACE + 5 + 15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the runner did not exit after SIGTERM while storage was down")
+    print(f"SIGTERM to exit with storage down: {time.monotonic() - signalled:.1f}s")
+    assert proc.returncode == 75, stderr
+    assert "exiting anyway" in stderr
+    seaweed_outage.start()
+    again = run_openbatch(args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "resuming shard 0" in again.stderr
+    out = parse_lines(read_uri(f"{root}/output.jsonl"))
+    assert_exactly_once({f"req-{i}" for i in range(n)}, out, [])
