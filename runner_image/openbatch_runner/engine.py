@@ -54,6 +54,7 @@ class StopReason(StrEnum):
     DEADLINE = "deadline"
     TERM = "term"
     INTERRUPT = "interrupt"
+    SUPERSEDED = "superseded"  # another runner finished this shard
 
 
 class UsageError(Exception):
@@ -91,6 +92,7 @@ class Runner:
         self._owns_work_dir = False  # True once the work dir is known to be this input's
         self._had_record = False  # this shard's record existed before this run
         self._wrote_record = False  # this run wrote this shard's record
+        self.superseded_by: ProgressRecord | None = None  # another runner's terminal record
 
     # ----------------------------------------------------------------- entry point
     async def run(self) -> int:
@@ -275,6 +277,8 @@ class Runner:
             await self._dispatch_all()
         await self._drain()
         await committer.commit()
+        if self.superseded_by is not None:
+            return ExitCode.DONE  # the shard is done; its record and finalize are not ours
         reason = self.stop_reason
         if reason in (StopReason.CANCEL, StopReason.DEADLINE) and self.terminated is None:
             await self._write_unrun(reason)
@@ -588,10 +592,32 @@ class Runner:
             record.parts = tally.parts
         record.updated_at = time.time()
         data = record.model_dump_json().encode()
-        await asyncio.to_thread(
-            self.work_store.put_bytes, progress_key(self.work_key, self.cfg.shard), data
-        )
-        self._wrote_record = True
+        final = await asyncio.to_thread(self._put_progress, data)
+        if final is None:
+            self._wrote_record = True
+        elif self.superseded_by is None:
+            self.superseded_by = final
+            self.view.message(
+                f"shard {self.cfg.shard} was finished by another runner (state "
+                f"{final.state.value}); this one stops without touching its record"
+            )
+            self.request_stop(StopReason.SUPERSEDED)
+
+    def _put_progress(self, data: bytes) -> ProgressRecord | None:
+        """Write this shard's record unless a terminal one is already there (blocking).
+
+        A terminal record is final: a stale runner (a pod thought dead, still running) must
+        not move a finished shard back to in_progress or interrupted, after which finalize
+        would refuse. Returns the terminal record found instead of writing. (Between the
+        read and the write another runner may still finish: that window is one PUT long.)
+        """
+        key = progress_key(self.work_key, self.cfg.shard)
+        if self.work_store.exists(key):
+            current = ProgressRecord.model_validate_json(self.work_store.read_bytes(key))
+            if current.state.terminal:
+                return current
+        self.work_store.put_bytes(key, data)
+        return None
 
     async def _show_progress(self) -> None:
         while True:

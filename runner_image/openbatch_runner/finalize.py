@@ -8,8 +8,6 @@ streams part by part (small parts cannot be composed server-side: S3 needs ≥ 5
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import orjson
-
 from openbatch.layout import (
     PartKind,
     PartName,
@@ -17,13 +15,12 @@ from openbatch.layout import (
     result_key,
     shard_prefix,
 )
-from openbatch.lines import LineErrorCode
 from openbatch.progress import FinalResult, ProgressRecord, RunState
 from openbatch.storage import ObjectStore, open_uri
-from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage, to_batch_usage, usage_of
+from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage, to_batch_usage
 from openbatch_runner.bitmap import Bitmap
 from openbatch_runner.committer import read_first_line
-from openbatch_runner.parts import decode_header
+from openbatch_runner.parts import decode_header, kept_summary, part_body
 from openbatch_runner.workdir import (
     ShardCountMismatch,
     WorkDirMissing,
@@ -31,8 +28,6 @@ from openbatch_runner.workdir import (
     read_record,
     recorded_shards,
 )
-
-_UNRUN_CODES = frozenset({LineErrorCode.BATCH_CANCELLED, LineErrorCode.BATCH_EXPIRED})
 
 
 class ShardsNotFinished(RuntimeError):
@@ -78,34 +73,18 @@ def _plan(store: ObjectStore, work: str, shards: int) -> tuple[list[_Part], _Cou
             counts.out_lines += kept
         else:
             counts.err_lines += kept
-        if kept == len(keep):
-            counts.completed += summary.completed
-            counts.failed += summary.failed
-            counts.unrun += summary.unrun
-            counts.usage = add_usage(counts.usage, summary.usage)
-        else:
+        if kept != len(keep):
             part.keep = keep
-            _count_lines(store, part, counts)
+            summary = kept_summary(part.name.kind, part_body(store.read_bytes(part.key)), keep)
+        counts.completed += summary.completed
+        counts.failed += summary.failed
+        counts.unrun += summary.unrun
+        counts.usage = add_usage(counts.usage, summary.usage)
     return parts, counts
 
 
-def _count_lines(store: ObjectStore, part: _Part, counts: _Counts) -> None:
-    """Classify the kept lines of a part that overlaps another (rare: overlapping runs)."""
-    for line in _part_lines(store, part):
-        obj = orjson.loads(line)
-        if part.name.kind is PartKind.OUT:
-            counts.completed += 1
-            counts.usage = add_usage(counts.usage, usage_of(obj["response"]["body"]))
-        elif obj.get("response") is None and (obj.get("error") or {}).get("code") in _UNRUN_CODES:
-            counts.unrun += 1
-        else:
-            counts.failed += 1
-
-
 def _part_lines(store: ObjectStore, part: _Part) -> Iterator[bytes]:
-    data = store.read_bytes(part.key)
-    body = data.split(b"\n", 1)[1] if b"\n" in data else b""
-    lines = body.splitlines(keepends=True)
+    lines = part_body(store.read_bytes(part.key))
     if part.keep is None:
         yield from lines
         return

@@ -247,3 +247,70 @@ def test_sigterm_while_storage_is_down_exits_within_the_grace(
     assert "resuming shard 0" in again.stderr
     out = parse_lines(read_uri(f"{root}/output.jsonl"))
     assert_exactly_once({f"req-{i}" for i in range(n)}, out, [])
+
+
+# ------------------------------------------------------------------ item 7: overlapping runners
+
+
+def test_overlapping_runners_keep_counts_within_total_and_a_finished_shard_finished(
+    files: Files, model_sim_factory: ModelSimFactory
+) -> None:
+    """Runners on one work dir that overlap (a pod thought dead still running) commit some
+    lines twice. Counts must still never exceed the total, and once one runner finished
+    the shard, a stale one must not move its record back (finalize would refuse)."""
+    n = 600
+    ids = write_batch(files, n)
+    slow = model_sim_factory(slots=2, service_time=0.1)
+    medium = model_sim_factory(slots=4, service_time=0.01)
+    fast = model_sim_factory(slots=16, service_time=0.002)
+    often = ("--commit-interval", "0.2", "--commit-every", "5")
+    stale_args = files.args(slow, "--concurrency", "2", *often)
+
+    # Two runners overlap, then both die: lines both committed are in the parts twice.
+    stale = start_openbatch(stale_args)
+    wait_for(lambda: committed_lines(files.work) >= 10, 60, "10 committed lines")
+    other = start_openbatch(files.args(medium, "--concurrency", "2", *often))
+    wait_for(lambda: medium.stats()["requests"] >= 300, 60, "300 requests to the second runner")
+    before = slow.stats()["requests"]
+    wait_for(lambda: slow.stats()["requests"] >= before + 6, 60, "more work by the first runner")
+    for proc in (other, stale):
+        proc.kill()
+        proc.communicate()
+
+    copies = [
+        index
+        for part in sorted(Path(files.work, "shard-0").glob("*-*-*.jsonl"))
+        for index in orjson.loads(part.read_bytes().split(b"\n", 1)[0])["lines"]
+    ]
+    assert len(copies) > len(set(copies)), "the runners did not overlap"
+
+    # A stale runner comes back, and a fresh one finishes the shard while it runs.
+    stale = start_openbatch(stale_args)
+    wait_for(lambda: slow.stats()["requests"] >= before + 12, 60, "the stale runner working")
+    finisher = run_openbatch(files.args(fast, "--concurrency", "16"))
+    assert finisher.returncode == 0, finisher.stderr
+    record = progress(files.work)
+    assert record is not None and record.state is RunState.COMPLETED
+    assert (record.completed, record.failed, record.unrun, record.total) == (n, 0, 0, n)
+
+    def moved_or_gone() -> bool:
+        current = progress(files.work)
+        return (
+            stale.poll() is not None or current is None or current.state is not RunState.COMPLETED
+        )
+
+    wait_for(moved_or_gone, 60, "the stale runner to stop or touch the record")
+    if stale.poll() is None:
+        stale.send_signal(signal.SIGTERM)
+    _, stderr = stale.communicate(timeout=60)
+    record = progress(files.work)
+    assert record is not None and record.state is RunState.COMPLETED, record
+    assert record.completed + record.failed + record.unrun <= record.total
+    assert stale.returncode == 0, stderr
+    assert "finished by another runner" in stderr
+
+    fin = run_openbatch(files.finalize_args(1))
+    assert fin.returncode == 0, fin.stderr
+    out, err = files.outputs()
+    assert_exactly_once(ids, out, err)
+    assert orjson.loads(fin.stdout)["completed"] == n
