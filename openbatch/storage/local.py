@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat as stat_mod
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -17,6 +19,53 @@ from openbatch.storage.source import _Source, _SourceError
 
 # Temporary files of LocalStore end with this; list_keys hides them (they are not objects yet).
 _TMP_SUFFIX = ".openbatch-tmp"
+
+# Failures that can pass without anyone changing the command: a full disk or quota (space is
+# freed), out of file descriptors (sockets close), memory pressure, a network filesystem's
+# hiccup. Everything else (permissions, a file where a directory should be) is permanent.
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EIO,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+    }
+)
+_DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+# Out of descriptors is usually momentary (sockets are closing): retry opening this long.
+_DESCRIPTOR_WAIT = 5.0
+
+
+def _store_error(action: str, key: str, exc: OSError) -> StorageError:
+    """A `StorageError` for an OS failure, transient when waiting can make it pass."""
+    hint = ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = " (disk full: free space, then rerun to resume)"
+    elif exc.errno in _DESCRIPTOR_ERRNOS:
+        hint = " (out of file descriptors: raise `ulimit -n` or lower --concurrency)"
+    return StorageError(
+        f"cannot {action} {key}: {exc}{hint}", transient=exc.errno in _TRANSIENT_ERRNOS
+    )
+
+
+def _open_fd(path: Path | str, flags: int, mode: int = 0o666) -> int:
+    """`os.open`, waiting out a momentary shortage of file descriptors."""
+    deadline = time.monotonic() + _DESCRIPTOR_WAIT
+    delay = 0.01
+    while True:
+        try:
+            return os.open(path, flags, mode)
+        except OSError as exc:
+            if exc.errno not in _DESCRIPTOR_ERRNOS or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -37,11 +86,15 @@ class _LocalReader(ObjectReader):
     def __init__(self, path: str, offset: int) -> None:
         self._path = path
         try:
-            self._file = Path(path).open("rb")  # noqa: SIM115  # closed by close()
+            fd = _open_fd(path, os.O_RDONLY)
+            if stat_mod.S_ISDIR(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            self._file = os.fdopen(fd, "rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise ObjectNotFound(f"object not found: {path}") from exc
         except OSError as exc:
-            raise StorageError(f"cannot open {path}: {exc}") from exc
+            raise _store_error("open", path, exc) from exc
         if offset:
             self._file.seek(offset)
 
@@ -49,7 +102,7 @@ class _LocalReader(ObjectReader):
         try:
             return self._file.read(size)
         except OSError as exc:
-            raise StorageError(f"cannot read {self._path}: {exc}") from exc
+            raise _store_error("read", self._path, exc) from exc
 
     def close(self) -> None:
         self._file.close()
@@ -72,7 +125,7 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise StorageError(f"cannot stat {key}: {exc}") from exc
+            raise _store_error("stat", key, exc) from exc
         if not stat_mod.S_ISREG(st.st_mode):
             return None
         return ObjectInfo(size=st.st_size, etag=f"{st.st_mtime_ns}-{st.st_size}")
@@ -137,7 +190,7 @@ class LocalStore:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StorageError(f"cannot delete {key}: {exc}") from exc
+            raise _store_error("delete", key, exc) from exc
 
     def _write_atomically(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         if not key or key.endswith("/"):
@@ -147,9 +200,9 @@ class LocalStore:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # os.open with 0o666 honours the umask (mkstemp would force 0600).
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = _open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
-            raise StorageError(f"cannot write {key}: {exc}") from exc
+            raise _store_error("write", key, exc) from exc
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -162,6 +215,6 @@ class LocalStore:
             if isinstance(exc, _SourceError):
                 raise exc.original from None
             if isinstance(exc, OSError):
-                raise StorageError(f"cannot write {key}: {exc}") from exc
+                raise _store_error("write", key, exc) from exc
             raise
         _fsync_dir(target.parent)

@@ -8,6 +8,7 @@ documented in `--help` and in docs/runner.md; secrets come from the environment.
 
 import asyncio
 import os
+import resource
 import sys
 import threading
 import time
@@ -47,11 +48,54 @@ def _load_routing(uri: str) -> RoutingTable:
         raise SystemExit(f"openbatch: cannot use routing table {uri}: {exc}") from exc
 
 
+# File descriptors kept for everything but model-server sockets: storage pools, files, the loop.
+FD_RESERVE = 128
+
+
+def descriptor_window(wanted: int) -> int:
+    """The largest in-flight window (one socket each) the descriptor limit allows.
+
+    The soft limit is raised towards the hard one first, as far as `wanted` needs.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    need = wanted + max(FD_RESERVE, wanted // 8)
+    if soft != unlimited and soft < need:
+        target = need if hard == unlimited else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == unlimited:
+        return wanted
+    return max(1, min(wanted, soft - max(FD_RESERVE, soft // 8)))
+
+
+def _windows(args: RunnerArgs) -> tuple[int, int]:
+    """`(concurrency, max_concurrency)`, capped by the descriptor limit with a warning:
+    past it, connections fail with EMFILE and so would the commits of received answers."""
+    concurrency = args.concurrency
+    ceiling = max(args.max_concurrency, concurrency)
+    widest = ceiling if args.adaptive else concurrency
+    allowed = descriptor_window(widest)
+    if allowed < widest:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        flag = "--max-concurrency" if args.adaptive else "--concurrency"
+        sys.stderr.write(
+            f"openbatch: warning: {flag} {widest} needs more file descriptors than the limit "
+            f"(ulimit -n {soft}) allows; the window is capped at {allowed} (raise the limit "
+            f"to use more)\n"
+        )
+    return min(concurrency, allowed), min(ceiling, allowed)
+
+
 def config_from_args(args: RunnerArgs) -> RunConfig:
     """Resolve defaults that depend on other options, the routing table and the API key."""
     routing = _load_routing(args.models) if args.models else None
     if routing is None and not args.base_urls:
         raise SystemExit("openbatch run: give --base-url URL (repeatable) or --models FILE")
+    concurrency, max_concurrency = _windows(args)
     output = args.output or default_output(args.input)
     return RunConfig(
         input=args.input,
@@ -61,9 +105,9 @@ def config_from_args(args: RunnerArgs) -> RunConfig:
         endpoint=args.endpoint,
         base_urls=args.base_urls,
         routing=routing,
-        concurrency=args.concurrency,
+        concurrency=concurrency,
         adaptive=args.adaptive,
-        max_concurrency=max(args.max_concurrency, args.concurrency),
+        max_concurrency=max_concurrency,
         max_attempts=args.max_attempts,
         request_timeout=args.request_timeout,
         deadline=args.deadline,

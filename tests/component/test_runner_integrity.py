@@ -6,6 +6,7 @@ Issue 7: a work dir keeps its shard count and its input's content fingerprint; o
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -24,6 +25,7 @@ from tests.runner_support import (
     chat_line,
     committed_lines,
     jsonl,
+    openbatch_command,
     parse_lines,
     progress,
     read_uri,
@@ -314,3 +316,61 @@ def test_overlapping_runners_keep_counts_within_total_and_a_finished_shard_finis
     out, err = files.outputs()
     assert_exactly_once(ids, out, err)
     assert orjson.loads(fin.stdout)["completed"] == n
+
+
+# ------------------------------------------------------------------ item 12: disk full, descriptors
+
+
+def test_a_window_wider_than_the_descriptor_limit_is_capped(
+    files: Files, model_sim_factory: ModelSimFactory
+) -> None:
+    """`--concurrency 3000` under `ulimit -n 1024` exited 2 and lost every answer: the
+    connections failed with EMFILE, then so did the commit."""
+    sim = model_sim_factory(slots=4000, service_time=0.3)
+    ids = write_batch(files, 4000)
+    limited = ["sh", "-c", 'ulimit -n 1024 && exec "$@"', "sh"]
+    proc = subprocess.run(
+        limited + openbatch_command() + files.args(sim, "--concurrency", "3000"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --concurrency 3000 needs more file descriptors" in proc.stderr
+    assert "capped at 896" in proc.stderr
+    out, err = files.outputs()
+    assert_exactly_once(ids, out, err)
+    assert len(out) == 4000
+    assert 0 < sim.stats()["max_in_flight"] <= 896
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    probe = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "mount", "-t", "tmpfs", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def test_disk_full_is_transient_exit_1(files: Files, model_sim: SimHandle) -> None:
+    """ENOSPC exited 2 ("a retry cannot help"); a full disk is freed, so it is 1."""
+    work = files.root / "small-disk"
+    work.mkdir()
+    if shutil.which("unshare") is None or not _can_mount_tmpfs(work):
+        pytest.skip("needs unshare and mount in a private mount namespace (a tiny tmpfs)")
+    write_batch(files, 500)
+    # The work dir is a 64 KiB tmpfs, private to the runner's own mount namespace.
+    script = 'mount -t tmpfs -o size=64k tmpfs "$0" && exec "$@"'
+    command = ["unshare", "--mount", "--map-root-user", "sh", "-c", script, str(work)]
+    args = files.args(model_sim, "--commit-every", "20", work=str(work / "w"))
+    proc = subprocess.run(
+        command + openbatch_command() + args,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "No space left on device" in proc.stderr and "disk full" in proc.stderr
