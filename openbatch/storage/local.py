@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
+import socket
 import stat as stat_mod
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +21,34 @@ from openbatch.storage.source import _Source, _SourceError
 
 # Temporary files of LocalStore end with this; list_keys hides them (they are not objects yet).
 _TMP_SUFFIX = ".openbatch-tmp"
+# A temporary file whose writer cannot be identified is left alone this long.
+STALE_TMP_SECONDS = 3600.0
+
+
+def _host_tag() -> str:
+    return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+_HOST = _host_tag()
+
+
+def _writer_alive(tag: str) -> bool | None:
+    """Whether the process named in a temporary file's tag still runs; None if unknown.
+
+    The tag is `<host>-<pid>-<random>`: a pid means something only on its own host.
+    """
+    host, _, rest = tag.partition("-")
+    pid_text = rest.partition("-")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
 
 # Failures that can pass without anyone changing the command: a full disk or quota (space is
 # freed), out of file descriptors (sockets close), memory pressure, a network filesystem's
@@ -113,7 +143,8 @@ class LocalStore:
 
     Writes go to a temporary file in the target directory, are fsynced and renamed over the
     target, so a reader sees the old file or the complete new one, never a partial one.
-    Temporary files are named `.<name>.<random>.openbatch-tmp` and never listed.
+    Temporary files are named `.<name>.<host>-<pid>-<random>.openbatch-tmp` and never
+    listed; `remove_stale_temporaries` deletes those of writers that died (kill -9).
     """
 
     def describe(self, key: str) -> str:
@@ -159,30 +190,56 @@ class LocalStore:
         self._write_atomically(key, copy)
         return source.count
 
+    def check_writable(self, key: str) -> None:
+        target = Path(key)
+        if not key or key.endswith("/") or target.is_dir():
+            raise StorageError(f"cannot write {key}: it is a directory, not a file")
+        parent = target.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise StorageError(f"cannot write {key}: {parent} is not a directory")
+        probe = parent / f".openbatch-probe.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.close(_open_fd(f"{probe}{_TMP_SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            Path(f"{probe}{_TMP_SUFFIX}").unlink()
+        except OSError as exc:
+            raise _store_error("write", key, exc) from exc
+
     def list_keys(self, prefix: str) -> list[str]:
-        # Keys come back spelled like the prefix: relative stays relative, no "./" added.
-        base = prefix if not prefix or prefix.endswith("/") else prefix.rpartition("/")[0] + "/"
-        if base == "/" and not prefix.startswith("/"):
-            base = ""
-        top = Path(base or ".")
-        if not top.is_dir():
-            return []
-        keys: list[str] = []
-        for root, dirs, files in os.walk(top):
-            rel = Path(root).relative_to(top).as_posix()
-            here = base if rel == "." else f"{base}{rel}/"
-            # Skip directories that cannot hold a match (prefix "a/b/out-", directory "a/b/x").
-            dirs[:] = [
-                d
-                for d in dirs
-                if f"{here}{d}/".startswith(prefix) or prefix.startswith(f"{here}{d}/")
-            ]
-            keys.extend(
-                f"{here}{name}"
-                for name in files
-                if not name.endswith(_TMP_SUFFIX) and f"{here}{name}".startswith(prefix)
-            )
-        return sorted(keys)
+        return sorted(
+            f"{here}{name}"
+            for here, name in _walk(prefix)
+            if not name.endswith(_TMP_SUFFIX) and f"{here}{name}".startswith(prefix)
+        )
+
+    def remove_stale_temporaries(self, prefix: str) -> int:
+        """Delete temporary files under `prefix` whose writer is gone; return how many.
+
+        A writer killed with SIGKILL (or a lost node) leaves its temporary file behind. It
+        is stale when its tag names a dead process of this host, or, tag unknown (another
+        host, an older version), when it has not changed for `STALE_TMP_SECONDS`.
+        """
+        removed = 0
+        now = time.time()
+        for here, name in _walk(prefix):
+            if not name.endswith(_TMP_SUFFIX):
+                continue
+            target, _, tag = name[1 : -len(_TMP_SUFFIX)].rpartition(".")
+            if not name.startswith(".") or not f"{here}{target}".startswith(prefix):
+                continue
+            path = Path(f"{here}{name}")
+            alive = _writer_alive(tag)
+            if alive is None:
+                try:
+                    alive = now - path.stat().st_mtime < STALE_TMP_SECONDS
+                except FileNotFoundError:
+                    continue
+            if not alive:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def delete(self, key: str) -> None:
         try:
@@ -196,7 +253,8 @@ class LocalStore:
         if not key or key.endswith("/"):
             raise ValueError(f"invalid file path {key!r}")
         target = Path(key)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+        tag = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = target.with_name(f".{target.name}.{tag}{_TMP_SUFFIX}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # os.open with 0o666 honours the umask (mkstemp would force 0600).
@@ -218,3 +276,25 @@ class LocalStore:
                 raise _store_error("write", key, exc) from exc
             raise
         _fsync_dir(target.parent)
+
+
+def _walk(prefix: str) -> Iterator[tuple[str, str]]:
+    """`(directory key with its "/", file name)` of every file that may match `prefix`.
+
+    Keys come back spelled like the prefix: relative stays relative, no "./" added.
+    """
+    base = prefix if not prefix or prefix.endswith("/") else prefix.rpartition("/")[0] + "/"
+    if base == "/" and not prefix.startswith("/"):
+        base = ""
+    top = Path(base or ".")
+    if not top.is_dir():
+        return
+    for root, dirs, files in os.walk(top):
+        rel = Path(root).relative_to(top).as_posix()
+        here = base if rel == "." else f"{base}{rel}/"
+        # Skip directories that cannot hold a match (prefix "a/b/out-", directory "a/b/x").
+        dirs[:] = [
+            d for d in dirs if f"{here}{d}/".startswith(prefix) or prefix.startswith(f"{here}{d}/")
+        ]
+        for name in files:
+            yield here, name

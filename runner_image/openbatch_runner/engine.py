@@ -24,7 +24,7 @@ from openbatch.lines import LineErrorCode
 from openbatch.progress import InputFingerprint, ProgressRecord, RunState
 from openbatch.routing import endpoint_url
 from openbatch.runner_args import ExitCode
-from openbatch.storage import LocalStore, StorageError, open_uri
+from openbatch.storage import LocalStore, ObjectStore, StorageError, open_uri
 from openbatch.usage import to_batch_usage
 from openbatch.validation import StreamingValidator, ValidationReport
 from openbatch_runner.aimd import AimdController
@@ -218,6 +218,9 @@ class Runner:
         fingerprint = InputFingerprint(uri=cfg.input, size=info.size, etag=info.etag)
         if previous is not None:
             self._check_same_input(previous, fingerprint)
+            removed = await asyncio.to_thread(self._remove_stale_temporaries)
+            if removed:
+                self.view.message(f"removed {removed} temporary file(s) left by a killed run")
             if previous.state.terminal and previous.state is not RunState.FAILED:
                 self._owns_work_dir = True
                 self.record = previous
@@ -227,6 +230,7 @@ class Runner:
         self._owns_work_dir = True  # no record yet, or the record is this input's
         if previous is not None and previous.state is RunState.FAILED:
             return self._report_invalid(previous)
+        await asyncio.to_thread(self._check_destinations)
         self.record.input = fingerprint
         if previous is not None and previous.model is not None:
             # Validated by an earlier run of this shard on the very same input.
@@ -387,6 +391,30 @@ class Runner:
                 f"restore the original input, or use a new --work-dir"
             )
         current.digest = digest
+
+    def _destinations(self) -> list[tuple[ObjectStore, str]]:
+        """Where this run writes: the shard's record and, if it finalizes, the files."""
+        cfg = self.cfg
+        places = [(self.work_store, progress_key(self.work_key, cfg.shard))]
+        if cfg.finalize:
+            places += [open_uri(cfg.output), open_uri(cfg.errors)]
+        return places
+
+    def _check_destinations(self) -> None:
+        """An unwritable output, error file or work dir is found before any request is
+        sent, not when the results are in (blocking)."""
+        for store, key in self._destinations():
+            store.check_writable(key)
+
+    def _remove_stale_temporaries(self) -> int:
+        """Delete the temporary files of killed writers in the work dir and next to the
+        output and error files (local storage only; blocking)."""
+        removed = 0
+        work_prefix = self.work_key.rstrip("/") + "/"
+        for store, key in [(self.work_store, work_prefix), *self._destinations()[1:]]:
+            if isinstance(store, LocalStore):
+                removed += store.remove_stale_temporaries(key)
+        return removed
 
     def _missing_input_message(self) -> str:
         path = Path(self.in_key)

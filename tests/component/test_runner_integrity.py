@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,6 @@ def _interrupted_run(files: Files, sim: SimHandle) -> list[str]:
     assert proc.returncode == 75, stderr
     record = progress(files.work)
     assert record is not None and record.state is RunState.INTERRUPTED
-    assert record.input is not None and record.input.digest is not None
     return args
 
 
@@ -121,6 +121,9 @@ def test_a_resume_on_edited_input_of_the_same_size_is_refused(
     ids = write_batch(files, n)
     original = Path(files.input).read_bytes()
     args = _interrupted_run(files, sim)
+    record = progress(files.work)
+    assert record is not None and record.input is not None
+    assert record.input.digest is not None and record.input.digest.startswith("blake2b-256:")
     lines = original.splitlines(keepends=True)
     # Swap two lines of equal length near the end (not yet run): same size, other content.
     lines[n - 2], lines[n - 1] = lines[n - 1], lines[n - 2]
@@ -374,3 +377,78 @@ def test_disk_full_is_transient_exit_1(files: Files, model_sim: SimHandle) -> No
     )
     assert proc.returncode == 1, proc.stderr
     assert "No space left on device" in proc.stderr and "disk full" in proc.stderr
+
+
+# ------------------------------------------------------------ item 13: leftovers, destinations
+
+KILLED_WRITER = """
+import sys, time
+from openbatch.storage import LocalStore
+
+class Stalls:
+    def __init__(self):
+        self.sent = False
+
+    def read(self, n=-1):
+        if not self.sent:
+            self.sent = True
+            return b"x" * 1000
+        print("writing", flush=True)
+        time.sleep(3600)
+        return b""
+
+LocalStore().put_stream(sys.argv[1], Stalls())
+"""
+
+
+def _kill_9_while_writing(key: str) -> None:
+    """A real LocalStore writer, killed with SIGKILL in the middle of writing `key`."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, key], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+    writer.kill()
+    writer.communicate()
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.openbatch-tmp"))
+
+
+def test_temporary_files_of_a_killed_run_are_removed_on_the_next_start(
+    files: Files, model_sim_factory: ModelSimFactory
+) -> None:
+    sim = model_sim_factory(slots=4, service_time=0.02)
+    ids = write_batch(files, 300)
+    args = _interrupted_run(files, sim)
+    _kill_9_while_writing(f"{files.work}/shard-0/out-00000999-deadbeef.jsonl")  # a commit
+    _kill_9_while_writing(files.output)  # a finalize
+    assert len(_temporaries(files.root)) == 2
+    proc = run_openbatch(args)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 2 temporary file(s) left by a killed run" in proc.stderr
+    assert _temporaries(files.root) == []
+    out, err = files.outputs()
+    assert_exactly_once(ids, out, err)
+
+
+def test_an_unwritable_destination_is_found_before_any_request(
+    files: Files, model_sim: SimHandle
+) -> None:
+    write_batch(files, 20)
+    a_file = files.root / "a-file"
+    a_file.write_text("not a directory")
+    a_dir = files.root / "a-dir"
+    a_dir.mkdir()
+    cases = [
+        (["--output", f"{a_file}/out.jsonl"], "is not a directory"),
+        (["--errors", str(a_dir)], "is a directory"),
+        (["--work-dir", f"{a_file}/work"], "is not a directory"),
+    ]
+    for extra, message in cases:
+        proc = run_openbatch([*files.args(model_sim), *extra])
+        assert proc.returncode == 2, proc.stderr
+        assert model_sim.stats()["requests"] == 0, proc.stderr
+        assert message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not Path(files.work).exists()  # and no half-made work dir
