@@ -90,6 +90,15 @@ def _windows(args: RunnerArgs) -> tuple[int, int]:
     return min(concurrency, allowed), min(ceiling, allowed)
 
 
+def _check_location(uri: str) -> None:
+    """A URI the runner cannot even open (bad scheme, S3 without settings): exit 2 with one
+    line, before any work dir exists."""
+    try:
+        open_uri(uri)
+    except (ValueError, StorageError) as exc:
+        raise SystemExit(f"openbatch run: {exc}") from None
+
+
 def config_from_args(args: RunnerArgs) -> RunConfig:
     """Resolve defaults that depend on other options, the routing table and the API key."""
     routing = _load_routing(args.models) if args.models else None
@@ -97,11 +106,15 @@ def config_from_args(args: RunnerArgs) -> RunConfig:
         raise SystemExit("openbatch run: give --base-url URL (repeatable) or --models FILE")
     concurrency, max_concurrency = _windows(args)
     output = args.output or default_output(args.input)
+    errors = args.errors or default_errors(output)
+    work_dir = args.work_dir or output + ".work"
+    for uri in (args.input, output, errors, work_dir):
+        _check_location(uri)
     return RunConfig(
         input=args.input,
         output=output,
-        errors=args.errors or default_errors(output),
-        work_dir=args.work_dir or output + ".work",
+        errors=errors,
+        work_dir=work_dir,
         endpoint=args.endpoint,
         base_urls=args.base_urls,
         routing=routing,

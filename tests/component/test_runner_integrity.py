@@ -6,6 +6,7 @@ Issue 7: a work dir keeps its shard count and its input's content fingerprint; o
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -452,3 +453,51 @@ def test_an_unwritable_destination_is_found_before_any_request(
         assert message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
         assert not Path(files.work).exists()  # and no half-made work dir
+
+
+# ------------------------------------------------------------------ item 16: first-use errors
+
+
+def _without_s3_settings() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("OPENBATCH_S3_", "AWS_"))
+    }
+
+
+def test_s3_input_without_s3_settings_is_one_clear_line(files: Files, model_sim: SimHandle) -> None:
+    proc = subprocess.run(
+        [
+            *openbatch_command(),
+            *run_args("s3://bucket/in.jsonl", files.output, files.work, [model_sim.base_url]),
+        ],
+        env=_without_s3_settings(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert "s3://bucket/in.jsonl" in line and "OPENBATCH_S3_ACCESS_KEY is not set" in line
+    assert not Path(files.work).exists()
+
+
+def test_first_use_mistakes_say_what_is_wrong(files: Files, model_sim: SimHandle) -> None:
+    Path(files.input).mkdir()
+    proc = run_openbatch(files.args(model_sim))
+    assert proc.returncode == 2, proc.stderr
+    assert "is a directory, not a file" in proc.stderr and "does not exist" not in proc.stderr
+    assert not Path(files.work).exists()  # a run that fails on its input makes no work dir
+
+    fin = run_openbatch(files.finalize_args(1))
+    assert fin.returncode == 2, fin.stderr
+    assert f"the work dir {files.work} does not exist" in fin.stderr
+    assert "has not started" not in fin.stderr
+
+    for flag in ("--version", "-V", "version"):
+        version = run_openbatch([flag])
+        assert version.returncode == 0, version.stderr
+        assert version.stdout.startswith("openbatch ") and len(version.stdout.split()) == 2

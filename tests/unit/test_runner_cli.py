@@ -1,3 +1,4 @@
+import argparse
 import dataclasses
 import io
 from datetime import UTC, datetime
@@ -12,6 +13,8 @@ from openbatch.runner_args import (
     HttpClientKind,
     ProgressMode,
     RunnerArgs,
+    build_finalize_parser,
+    build_run_parser,
     parse_finalize_argv,
     parse_run_argv,
 )
@@ -211,3 +214,13 @@ def test_exit_codes_say_whether_a_retry_helps() -> None:
         ExitCode.KEYBOARD,
     ]
     assert int(ExitCode.INVALID_INPUT) == 3
+
+
+@pytest.mark.parametrize(
+    "parser", [build_run_parser(), build_finalize_parser()], ids=["run", "finalize"]
+)
+def test_every_option_has_help_text(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS:
+            continue  # hidden on purpose (benchmark switches)
+        assert action.help and action.help.strip(), f"{action.option_strings or action.dest}"
