@@ -16,7 +16,7 @@ from openbatch.layout import (
     shard_prefix,
 )
 from openbatch.progress import FinalResult, ProgressRecord, RunState
-from openbatch.storage import ObjectStore, open_uri
+from openbatch.storage import LocalStore, ObjectStore, open_uri
 from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage, to_batch_usage
 from openbatch_runner.bitmap import Bitmap
 from openbatch_runner.committer import read_first_line
@@ -191,6 +191,8 @@ def finalize(work_dir: str, shards: int, output: str, errors: str) -> FinalResul
         if n_lines == 0:
             continue
         target_store, target_key = open_uri(uri)
+        if isinstance(target_store, LocalStore):  # a finalize killed while writing this file
+            target_store.remove_stale_temporaries(target_key)
         selected = [p for p in parts if p.name.kind is kind]
         target_store.put_stream(target_key, _JoinReader(store, selected))
         if kind is PartKind.OUT:

@@ -432,6 +432,11 @@ def test_temporary_files_of_a_killed_run_are_removed_on_the_next_start(
     out, err = files.outputs()
     assert_exactly_once(ids, out, err)
 
+    _kill_9_while_writing(files.output)  # a finalize Job killed, then run again
+    fin = run_openbatch(files.finalize_args(1))
+    assert fin.returncode == 0, fin.stderr
+    assert _temporaries(files.root) == []
+
 
 def test_an_unwritable_destination_is_found_before_any_request(
     files: Files, model_sim: SimHandle
