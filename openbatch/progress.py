@@ -31,11 +31,16 @@ _TERMINAL = frozenset({RunState.COMPLETED, RunState.CANCELLED, RunState.EXPIRED,
 
 
 class InputFingerprint(BaseModel):
-    """Identifies the input a work dir belongs to, so a resume never mixes two files."""
+    """Identifies the input a work dir belongs to, so a resume never mixes two files.
+
+    `digest` is a content hash (`blake2b-256:<hex>`) computed while validation reads every
+    byte; it is absent when validation stopped early (a limit) or was never finished.
+    """
 
     uri: str
     size: int
     etag: str | None = None
+    digest: str | None = None
 
 
 class ProgressRecord(BaseModel):

@@ -18,7 +18,7 @@ from enum import IntEnum, StrEnum
 
 from openbatch.endpoints import Endpoint
 from openbatch.routing import check_base_url
-from openbatch.validation import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES
+from openbatch.validation import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_LINES
 
 DEFAULT_IN_FLIGHT = 64
 DEFAULT_MAX_CONCURRENCY = 1024  # ceiling of the adaptive window
@@ -98,6 +98,7 @@ class RunnerArgs:
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     max_lines: int = DEFAULT_MAX_LINES
     max_bytes: int = DEFAULT_MAX_BYTES
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     poll_interval: float = DEFAULT_POLL_INTERVAL
     grace_period: float = DEFAULT_GRACE_PERIOD
     term_grace: float = DEFAULT_TERM_GRACE
@@ -351,6 +352,14 @@ def build_run_parser(prog: str = "openbatch run") -> argparse.ArgumentParser:
         help=f"validation: at most N bytes in the file ({DEFAULT_MAX_BYTES})",
     )
     p.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_LINE_BYTES,
+        metavar="N",
+        help=f"validation: at most N bytes per line ({DEFAULT_MAX_LINE_BYTES}, 8 MiB); each "
+        "request in flight holds its line in memory",
+    )
+    p.add_argument(
         "--poll-interval",
         type=_positive_float,
         default=DEFAULT_POLL_INTERVAL,
@@ -439,6 +448,7 @@ def parse_run_argv(argv: Sequence[str]) -> RunnerArgs:
         commit_interval=ns.commit_interval,
         max_lines=ns.max_lines,
         max_bytes=ns.max_bytes,
+        max_line_bytes=ns.max_line_bytes,
         poll_interval=ns.poll_interval,
         grace_period=ns.grace_period,
         term_grace=ns.term_grace,

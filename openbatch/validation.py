@@ -28,7 +28,7 @@ the constants below:
 
 Rules this module decides (OpenAI does not document them):
 
-* At most one error per line, chosen by this precedence: JSON/UTF-8 → missing top-level
+* At most one error per line, chosen by this precedence: line size → JSON/UTF-8 → missing top-level
   key (`custom_id`, `method`, `url`, `body`, first missing wins) → top-level types
   (`custom_id`, `method`, `body`) → `url` → `body.model` → the endpoint's required field
   → `body.stream` → `model_not_found` → `mismatched_model` → `duplicate_custom_id`.
@@ -40,11 +40,16 @@ Rules this module decides (OpenAI does not document them):
   the rest of the body are the model server's to judge at run time (a per-request error
   in the error file, as on OpenAI).
 * `body.stream` is rejected when truthy, whatever its type.
-* A UTF-8 byte order mark is not accepted (orjson, which the runner also uses, rejects
-  it): the first line is then an `invalid_json_line`.
+* A UTF-8 byte order mark at the start of the file is accepted: `iter_lines` drops it
+  (editors on Windows write one). Anywhere else it is data (orjson rejects it).
+* A line longer than `max_line_bytes` (default 8 MiB, not an OpenAI limit: it bounds the
+  runner's memory) is `invalid_request`, param null, "This line is N bytes; the maximum
+  is M bytes per line.", checked before JSON. `iter_lines(..., max_line_bytes=...)` hands
+  such a line over as an `OversizedLine` so that it is never held in memory.
 * Byte counting is `len(line) + 1` per physical line fed (the newline); `\\r` of CRLF files
   is already stripped by `iter_lines`, so `bytes` is within one byte per line of the file
-  size. Callers that know the real size should also check it before feeding.
+  size (an `OversizedLine` counts its full size). Callers that know the real size should
+  also check it before feeding.
 * The size and line limits stop validation: the one limit error is always reported, even
   past `max_reported_errors`, because it is what tells the caller why reading stopped; so
   `errors` holds at most `max_reported_errors + 1` entries.
@@ -59,10 +64,14 @@ from pydantic import BaseModel
 
 from openbatch.custom_ids import CustomIdSet
 from openbatch.endpoints import ENDPOINT_TITLES, REQUIRED_BODY_FIELDS, Endpoint
+from openbatch.jsonl import OversizedLine, line_size
 from openbatch.wire import BatchError, BatchErrors
 
 DEFAULT_MAX_LINES = 50_000  # contract §4.2: at most 50,000 requests per batch
 DEFAULT_MAX_BYTES = 209_715_200  # contract §4.2: 200 MiB input file
+# Ours, not OpenAI's: one request line is held (parsed and re-encoded) in memory per request in
+# flight, so its size bounds the runner's memory. 8 MiB fits a request with a few images.
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 # How many errors a report lists. OpenAI documents no cap; one is needed so that a file of
 # a million broken lines does not produce a million-entry `errors.data`.
 DEFAULT_MAX_REPORTED_ERRORS = 100
@@ -133,6 +142,10 @@ def duplicate_custom_id_message(custom_id: str) -> str:
     )
 
 
+def line_too_large_message(size: int, max_line_bytes: int) -> str:
+    return f"This line is {size} bytes; the maximum is {max_line_bytes} bytes per line."
+
+
 def too_many_requests_message(max_lines: int) -> str:
     return f"The batch input file has more than {max_lines} requests; the maximum is {max_lines}."
 
@@ -170,9 +183,10 @@ class ValidationLimits:
     max_lines: int = DEFAULT_MAX_LINES
     max_bytes: int = DEFAULT_MAX_BYTES
     max_reported_errors: int = DEFAULT_MAX_REPORTED_ERRORS
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
     def __post_init__(self) -> None:
-        for name in ("max_lines", "max_bytes", "max_reported_errors"):
+        for name in ("max_lines", "max_bytes", "max_reported_errors", "max_line_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -262,7 +276,8 @@ class StreamingValidator:
         if self._stopped:
             return
         limits = self._limits
-        self._bytes += len(line) + 1
+        size = line_size(line)
+        self._bytes += size + 1
         if self._bytes > limits.max_bytes:
             self._stop(
                 BatchError(
@@ -273,7 +288,8 @@ class StreamingValidator:
                 )
             )
             return
-        if not line.strip():
+        oversized = isinstance(line, OversizedLine) or size > limits.max_line_bytes
+        if not oversized and not line.strip():
             return  # blank lines carry no request but keep their physical number
         self._requests += 1
         if self._requests > limits.max_lines:
@@ -285,6 +301,10 @@ class StreamingValidator:
                     line=index + 1,
                 )
             )
+            return
+        if oversized:
+            message = line_too_large_message(size, limits.max_line_bytes)
+            self._report(ErrorCode.INVALID_REQUEST, None, message, index + 1)
             return
         error = self._check(line)
         if error is not None:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from openbatch import __version__
 
 HELP = """usage: openbatch <command> [options]
+       openbatch --version
 
 commands:
   serve      serve OpenAI's Files and Batches API on this machine (the embedded default)
@@ -61,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         sys.stdout.write(HELP)
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        return _version(args[1:])
     command = COMMANDS.get(args[0])
     if command is None:
         sys.stderr.write(f"openbatch: unknown command {args[0]!r}\n\n{HELP}")

@@ -84,6 +84,15 @@ class ObjectStore(Protocol):
         """Write what `reader.read(n)` yields until b"", atomically; return the byte count."""
         ...
 
+    def check_writable(self, key: str) -> None:
+        """Raise `StorageError` now if writing `key` later is bound to fail; write nothing.
+
+        Local paths: the key is not a directory, its nearest existing parent is a directory
+        that accepts a new file. S3: the bucket exists (object permissions are only known
+        when writing).
+        """
+        ...
+
     def list_keys(self, prefix: str) -> list[str]:
         """Full keys of all objects under `prefix` (recursive), sorted."""
         ...

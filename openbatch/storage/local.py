@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import secrets
+import socket
 import stat as stat_mod
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,6 +21,81 @@ from openbatch.storage.source import _Source, _SourceError
 
 # Temporary files of LocalStore end with this; list_keys hides them (they are not objects yet).
 _TMP_SUFFIX = ".openbatch-tmp"
+# A temporary file whose writer cannot be identified is left alone this long.
+STALE_TMP_SECONDS = 3600.0
+
+
+def _host_tag() -> str:
+    return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+_HOST = _host_tag()
+
+
+def _writer_alive(tag: str) -> bool | None:
+    """Whether the process named in a temporary file's tag still runs; None if unknown.
+
+    The tag is `<host>-<pid>-<random>`: a pid means something only on its own host.
+    """
+    host, _, rest = tag.partition("-")
+    pid_text = rest.partition("-")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+# Failures that can pass without anyone changing the command: a full disk or quota (space is
+# freed), out of file descriptors (sockets close), memory pressure, a network filesystem's
+# hiccup. Everything else (permissions, a file where a directory should be) is permanent.
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EIO,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+    }
+)
+_DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+# Out of descriptors is usually momentary (sockets are closing): retry opening this long.
+_DESCRIPTOR_WAIT = 5.0
+
+
+def _store_error(action: str, key: str, exc: OSError) -> StorageError:
+    """A `StorageError` for an OS failure, transient when waiting can make it pass."""
+    hint = ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = " (disk full: free space, then rerun to resume)"
+    elif exc.errno in _DESCRIPTOR_ERRNOS:
+        hint = " (out of file descriptors: raise `ulimit -n` or lower --concurrency)"
+    return StorageError(
+        f"cannot {action} {key}: {exc}{hint}", transient=exc.errno in _TRANSIENT_ERRNOS
+    )
+
+
+def _open_fd(path: Path | str, flags: int, mode: int = 0o666) -> int:
+    """`os.open`, waiting out a momentary shortage of file descriptors."""
+    deadline = time.monotonic() + _DESCRIPTOR_WAIT
+    delay = 0.01
+    while True:
+        try:
+            return os.open(path, flags, mode)
+        except OSError as exc:
+            if exc.errno not in _DESCRIPTOR_ERRNOS or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -37,11 +116,15 @@ class _LocalReader(ObjectReader):
     def __init__(self, path: str, offset: int) -> None:
         self._path = path
         try:
-            self._file = Path(path).open("rb")  # noqa: SIM115  # closed by close()
+            fd = _open_fd(path, os.O_RDONLY)
+            if stat_mod.S_ISDIR(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            self._file = os.fdopen(fd, "rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise ObjectNotFound(f"object not found: {path}") from exc
         except OSError as exc:
-            raise StorageError(f"cannot open {path}: {exc}") from exc
+            raise _store_error("open", path, exc) from exc
         if offset:
             self._file.seek(offset)
 
@@ -49,7 +132,7 @@ class _LocalReader(ObjectReader):
         try:
             return self._file.read(size)
         except OSError as exc:
-            raise StorageError(f"cannot read {self._path}: {exc}") from exc
+            raise _store_error("read", self._path, exc) from exc
 
     def close(self) -> None:
         self._file.close()
@@ -60,7 +143,8 @@ class LocalStore:
 
     Writes go to a temporary file in the target directory, are fsynced and renamed over the
     target, so a reader sees the old file or the complete new one, never a partial one.
-    Temporary files are named `.<name>.<random>.openbatch-tmp` and never listed.
+    Temporary files are named `.<name>.<host>-<pid>-<random>.openbatch-tmp` and never
+    listed; `remove_stale_temporaries` deletes those of writers that died (kill -9).
     """
 
     def describe(self, key: str) -> str:
@@ -72,7 +156,7 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise StorageError(f"cannot stat {key}: {exc}") from exc
+            raise _store_error("stat", key, exc) from exc
         if not stat_mod.S_ISREG(st.st_mode):
             return None
         return ObjectInfo(size=st.st_size, etag=f"{st.st_mtime_ns}-{st.st_size}")
@@ -106,30 +190,56 @@ class LocalStore:
         self._write_atomically(key, copy)
         return source.count
 
+    def check_writable(self, key: str) -> None:
+        target = Path(key)
+        if not key or key.endswith("/") or target.is_dir():
+            raise StorageError(f"cannot write {key}: it is a directory, not a file")
+        parent = target.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise StorageError(f"cannot write {key}: {parent} is not a directory")
+        probe = parent / f".openbatch-probe.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.close(_open_fd(f"{probe}{_TMP_SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            Path(f"{probe}{_TMP_SUFFIX}").unlink()
+        except OSError as exc:
+            raise _store_error("write", key, exc) from exc
+
     def list_keys(self, prefix: str) -> list[str]:
-        # Keys come back spelled like the prefix: relative stays relative, no "./" added.
-        base = prefix if not prefix or prefix.endswith("/") else prefix.rpartition("/")[0] + "/"
-        if base == "/" and not prefix.startswith("/"):
-            base = ""
-        top = Path(base or ".")
-        if not top.is_dir():
-            return []
-        keys: list[str] = []
-        for root, dirs, files in os.walk(top):
-            rel = Path(root).relative_to(top).as_posix()
-            here = base if rel == "." else f"{base}{rel}/"
-            # Skip directories that cannot hold a match (prefix "a/b/out-", directory "a/b/x").
-            dirs[:] = [
-                d
-                for d in dirs
-                if f"{here}{d}/".startswith(prefix) or prefix.startswith(f"{here}{d}/")
-            ]
-            keys.extend(
-                f"{here}{name}"
-                for name in files
-                if not name.endswith(_TMP_SUFFIX) and f"{here}{name}".startswith(prefix)
-            )
-        return sorted(keys)
+        return sorted(
+            f"{here}{name}"
+            for here, name in _walk(prefix)
+            if not name.endswith(_TMP_SUFFIX) and f"{here}{name}".startswith(prefix)
+        )
+
+    def remove_stale_temporaries(self, prefix: str) -> int:
+        """Delete temporary files under `prefix` whose writer is gone; return how many.
+
+        A writer killed with SIGKILL (or a lost node) leaves its temporary file behind. It
+        is stale when its tag names a dead process of this host, or, tag unknown (another
+        host, an older version), when it has not changed for `STALE_TMP_SECONDS`.
+        """
+        removed = 0
+        now = time.time()
+        for here, name in _walk(prefix):
+            if not name.endswith(_TMP_SUFFIX):
+                continue
+            target, _, tag = name[1 : -len(_TMP_SUFFIX)].rpartition(".")
+            if not name.startswith(".") or not f"{here}{target}".startswith(prefix):
+                continue
+            path = Path(f"{here}{name}")
+            alive = _writer_alive(tag)
+            if alive is None:
+                try:
+                    alive = now - path.stat().st_mtime < STALE_TMP_SECONDS
+                except FileNotFoundError:
+                    continue
+            if not alive:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def delete(self, key: str) -> None:
         try:
@@ -137,19 +247,20 @@ class LocalStore:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StorageError(f"cannot delete {key}: {exc}") from exc
+            raise _store_error("delete", key, exc) from exc
 
     def _write_atomically(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         if not key or key.endswith("/"):
             raise ValueError(f"invalid file path {key!r}")
         target = Path(key)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+        tag = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = target.with_name(f".{target.name}.{tag}{_TMP_SUFFIX}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # os.open with 0o666 honours the umask (mkstemp would force 0600).
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = _open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
-            raise StorageError(f"cannot write {key}: {exc}") from exc
+            raise _store_error("write", key, exc) from exc
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -162,6 +273,28 @@ class LocalStore:
             if isinstance(exc, _SourceError):
                 raise exc.original from None
             if isinstance(exc, OSError):
-                raise StorageError(f"cannot write {key}: {exc}") from exc
+                raise _store_error("write", key, exc) from exc
             raise
         _fsync_dir(target.parent)
+
+
+def _walk(prefix: str) -> Iterator[tuple[str, str]]:
+    """`(directory key with its "/", file name)` of every file that may match `prefix`.
+
+    Keys come back spelled like the prefix: relative stays relative, no "./" added.
+    """
+    base = prefix if not prefix or prefix.endswith("/") else prefix.rpartition("/")[0] + "/"
+    if base == "/" and not prefix.startswith("/"):
+        base = ""
+    top = Path(base or ".")
+    if not top.is_dir():
+        return
+    for root, dirs, files in os.walk(top):
+        rel = Path(root).relative_to(top).as_posix()
+        here = base if rel == "." else f"{base}{rel}/"
+        # Skip directories that cannot hold a match (prefix "a/b/out-", directory "a/b/x").
+        dirs[:] = [
+            d for d in dirs if f"{here}{d}/".startswith(prefix) or prefix.startswith(f"{here}{d}/")
+        ]
+        for name in files:
+            yield here, name

@@ -349,6 +349,25 @@ class S3Store:
                 self._pause("put", key, attempt, deadline, exc)
                 attempt += 1
 
+    def check_writable(self, key: str) -> None:
+        self._require_key(key)
+        if self._bucket_checked:
+            return
+
+        def head_bucket() -> bool:
+            try:
+                return self._client.bucket_exists(self.bucket)
+            except S3Error as exc:
+                if exc.code in _AUTH_CODES:
+                    return True  # object-only permissions may forbid HeadBucket
+                raise
+
+        if not self._retrying("check", key, head_bucket):
+            raise StorageError(
+                f"cannot write {self._where(key)}: bucket {self.bucket!r} does not exist"
+            )
+        self._bucket_checked = True
+
     def list_keys(self, prefix: str) -> list[str]:
         def listing() -> list[str]:
             return sorted(

@@ -65,11 +65,25 @@ def open_uri(uri: str, settings: S3Settings | None = None) -> tuple[ObjectStore,
             settings = S3Settings()
         except ValidationError as exc:
             raise StorageError(
-                f"cannot access {uri}: S3 settings are missing or invalid (set "
+                f"cannot access {uri}: {_settings_problems(exc)} (S3 needs "
                 f"OPENBATCH_S3_ENDPOINT, OPENBATCH_S3_ACCESS_KEY and OPENBATCH_S3_SECRET_KEY, "
-                f"or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): {exc}"
-            ) from exc
+                f"or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            ) from None
     return S3Store(bucket, settings), key
+
+
+def _settings_problems(exc: ValidationError) -> str:
+    """One line naming each missing or invalid variable (pydantic's report is a page)."""
+    problems: list[str] = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        # Fields with env aliases report the alias (already a variable name).
+        name = field if field.isupper() else f"OPENBATCH_S3_{field.upper()}"
+        if error["type"] == "missing":
+            problems.append(f"{name} is not set")
+        else:
+            problems.append(f"{name} is invalid: {error['msg']}")
+    return "; ".join(problems) or "S3 settings are invalid"
 
 
 def join_key(prefix: str, name: str) -> str:

@@ -8,8 +8,12 @@ documented in `--help` and in docs/runner.md; secrets come from the environment.
 
 import asyncio
 import os
+import resource
 import sys
+import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from openbatch.routing import RoutingTable, parse_routing_table
@@ -44,23 +48,79 @@ def _load_routing(uri: str) -> RoutingTable:
         raise SystemExit(f"openbatch: cannot use routing table {uri}: {exc}") from exc
 
 
+# File descriptors kept for everything but model-server sockets: storage pools, files, the loop.
+FD_RESERVE = 128
+
+
+def descriptor_window(wanted: int) -> int:
+    """The largest in-flight window (one socket each) the descriptor limit allows.
+
+    The soft limit is raised towards the hard one first, as far as `wanted` needs.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    need = wanted + max(FD_RESERVE, wanted // 8)
+    if soft != unlimited and soft < need:
+        target = need if hard == unlimited else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == unlimited:
+        return wanted
+    return max(1, min(wanted, soft - max(FD_RESERVE, soft // 8)))
+
+
+def _windows(args: RunnerArgs) -> tuple[int, int]:
+    """`(concurrency, max_concurrency)`, capped by the descriptor limit with a warning:
+    past it, connections fail with EMFILE and so would the commits of received answers."""
+    concurrency = args.concurrency
+    ceiling = max(args.max_concurrency, concurrency)
+    widest = ceiling if args.adaptive else concurrency
+    allowed = descriptor_window(widest)
+    if allowed < widest:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        flag = "--max-concurrency" if args.adaptive else "--concurrency"
+        sys.stderr.write(
+            f"openbatch: warning: {flag} {widest} needs more file descriptors than the limit "
+            f"(ulimit -n {soft}) allows; the window is capped at {allowed} (raise the limit "
+            f"to use more)\n"
+        )
+    return min(concurrency, allowed), min(ceiling, allowed)
+
+
+def _check_location(uri: str) -> None:
+    """A URI the runner cannot even open (bad scheme, S3 without settings): exit 2 with one
+    line, before any work dir exists."""
+    try:
+        open_uri(uri)
+    except (ValueError, StorageError) as exc:
+        raise SystemExit(f"openbatch run: {exc}") from None
+
+
 def config_from_args(args: RunnerArgs) -> RunConfig:
     """Resolve defaults that depend on other options, the routing table and the API key."""
     routing = _load_routing(args.models) if args.models else None
     if routing is None and not args.base_urls:
         raise SystemExit("openbatch run: give --base-url URL (repeatable) or --models FILE")
+    concurrency, max_concurrency = _windows(args)
     output = args.output or default_output(args.input)
+    errors = args.errors or default_errors(output)
+    work_dir = args.work_dir or output + ".work"
+    for uri in (args.input, output, errors, work_dir):
+        _check_location(uri)
     return RunConfig(
         input=args.input,
         output=output,
-        errors=args.errors or default_errors(output),
-        work_dir=args.work_dir or output + ".work",
+        errors=errors,
+        work_dir=work_dir,
         endpoint=args.endpoint,
         base_urls=args.base_urls,
         routing=routing,
-        concurrency=args.concurrency,
+        concurrency=concurrency,
         adaptive=args.adaptive,
-        max_concurrency=max(args.max_concurrency, args.concurrency),
+        max_concurrency=max_concurrency,
         max_attempts=args.max_attempts,
         request_timeout=args.request_timeout,
         deadline=args.deadline,
@@ -69,7 +129,11 @@ def config_from_args(args: RunnerArgs) -> RunConfig:
         api_key=args.api_key or os.environ.get("OPENBATCH_API_KEY") or None,
         commit_every=args.commit_every,
         commit_interval=args.commit_interval,
-        limits=ValidationLimits(max_lines=args.max_lines, max_bytes=args.max_bytes),
+        limits=ValidationLimits(
+            max_lines=args.max_lines,
+            max_bytes=args.max_bytes,
+            max_line_bytes=args.max_line_bytes,
+        ),
         poll_interval=args.poll_interval,
         grace_period=args.grace_period,
         term_grace=args.term_grace,
@@ -98,9 +162,40 @@ def run_main(argv: Sequence[str]) -> int:
     from openbatch_runner.engine import Runner
 
     async def _main() -> int:
+        asyncio.get_running_loop().set_default_executor(_IoThreads(thread_name_prefix=IO_THREADS))
         return await Runner(cfg).run()
 
-    return _run_async(_main)
+    code = _run_async(_main)
+    _exit_past_stuck_threads(code)
+    return code
+
+
+IO_THREADS = "openbatch-io"
+
+
+class _IoThreads(ThreadPoolExecutor):
+    """The loop's default executor, where storage calls run. Shutting it down never waits:
+    a storage call stuck in its retries must not hold up the exit after SIGTERM."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
+
+
+def _exit_past_stuck_threads(code: int, wait: float = 1.0) -> None:
+    """Exit now if a storage thread is still busy (the run gave up waiting for it).
+
+    Idle workers end within milliseconds of the executor's shutdown; one that does not is
+    inside a storage call that retries for minutes, and the interpreter would join it.
+    Nothing it could still do matters: the rerun resumes from the last committed part.
+    """
+    deadline = time.monotonic() + wait
+    for thread in threading.enumerate():
+        if thread.name.startswith(IO_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
 
 
 def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -117,12 +212,16 @@ def finalize_main(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return ExitCode.USAGE if exc.code else ExitCode.DONE
     from openbatch_runner.finalize import ShardsNotFinished, finalize
+    from openbatch_runner.workdir import ShardCountMismatch, WorkDirMissing
 
     try:
         result = finalize(args.work_dir, args.shards, args.output, args.errors)
     except ShardsNotFinished as exc:
         sys.stderr.write(f"openbatch finalize: {exc}\n")
         return ExitCode.INFRASTRUCTURE
+    except (ShardCountMismatch, WorkDirMissing, ValueError) as exc:
+        sys.stderr.write(f"openbatch finalize: error: {exc}\n")
+        return ExitCode.USAGE
     except StorageError as exc:
         sys.stderr.write(f"openbatch finalize: storage error: {exc}\n")
         return ExitCode.INFRASTRUCTURE if exc.transient else ExitCode.USAGE

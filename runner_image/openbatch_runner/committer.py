@@ -11,12 +11,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from openbatch.layout import PartKind, parse_part_name, part_key, shard_prefix
+from openbatch.layout import PartKind, PartName, parse_part_name, part_key, shard_prefix
 from openbatch.storage import ObjectStore, StorageError
 from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage
 from openbatch_runner.bitmap import Bitmap
 from openbatch_runner.outcome import LineResult
-from openbatch_runner.parts import PartSummary, decode_header, encode_part
+from openbatch_runner.parts import (
+    PartSummary,
+    decode_header,
+    encode_part,
+    kept_summary,
+    part_body,
+)
 
 HEADER_READ_CHUNK = 64 * 1024
 
@@ -59,16 +65,28 @@ def read_first_line(store: ObjectStore, key: str) -> bytes:
 
 
 def scan_committed(store: ObjectStore, work: str, shard: int) -> Committed:
-    """Rebuild the done set and counts from part headers (blocking; run in a thread)."""
+    """Rebuild the done set and counts from part headers (blocking; run in a thread).
+
+    A line that overlapping runner processes both committed is counted once: the first
+    copy in finalize's order (sequence, run id, err before out), so the counts never
+    exceed the shard's lines and agree with what finalize will write.
+    """
     state = Committed()
+    parts: list[tuple[PartName, str]] = []
     for key in store.list_keys(shard_prefix(work, shard)):
         name = parse_part_name(key)
-        if name is None:
-            continue
-        summary = decode_header(read_first_line(store, key))
-        for index in summary.lines:
+        if name is not None:
+            parts.append((name, key))
+    parts.sort(key=lambda p: (p[0].seq, p[0].run, p[0].kind != PartKind.ERR))
+    for name, key in parts:
+        header = decode_header(read_first_line(store, key))
+        keep = [index not in state.done for index in header.lines]
+        counted = header
+        if not all(keep):
+            counted = kept_summary(name.kind, part_body(store.read_bytes(key)), keep)
+        for index in header.lines:
             state.done.add(index)
-        state.tally.add(summary)
+        state.tally.add(counted)
         state.tally.parts += 1
         state.next_seq = max(state.next_seq, name.seq + 1)
     return state
@@ -159,9 +177,12 @@ class Committer:
                     continue
                 key = part_key(self._work, self._shard, kind, seq, self._run)
                 await asyncio.to_thread(self._store.put_bytes, key, encode_part(summary, lines))
+                # Never counted twice, whatever the dispatcher did: counts stay within total.
+                keep = [index not in self.done for index in summary.lines]
+                counted = summary if all(keep) else kept_summary(kind, lines, keep)
                 for index in summary.lines:
                     self.done.add(index)
-                self.tally.add(summary)
+                self.tally.add(counted)
                 self.tally.parts += 1
             await self._on_commit()
             self._committed.set()

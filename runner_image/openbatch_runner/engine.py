@@ -13,17 +13,18 @@ import sys
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
 import orjson
 from pydantic import ValidationError
 
-from openbatch.jsonl import iter_lines
+from openbatch.jsonl import is_blank, iter_lines
 from openbatch.layout import cancel_key, progress_key, validation_key
 from openbatch.lines import LineErrorCode
 from openbatch.progress import InputFingerprint, ProgressRecord, RunState
 from openbatch.routing import endpoint_url
 from openbatch.runner_args import ExitCode
-from openbatch.storage import StorageError, open_uri
+from openbatch.storage import LocalStore, ObjectStore, StorageError, open_uri
 from openbatch.usage import to_batch_usage
 from openbatch.validation import StreamingValidator, ValidationReport
 from openbatch_runner.aimd import AimdController
@@ -36,10 +37,15 @@ from openbatch_runner.parts import CorruptPart
 from openbatch_runner.progress_view import ProgressView, Snapshot
 from openbatch_runner.reply import Reply
 from openbatch_runner.retry import AttemptKind, RetryPolicy, backoff_delay, should_retry
-from openbatch_runner.source import shard_lines, take
+from openbatch_runner.source import DigestReader, content_digest, shard_lines, take
 from openbatch_runner.window import Window
+from openbatch_runner.workdir import ShardCountMismatch, check_shard_count
 
 READ_BATCH = 512
+# After SIGTERM/SIGINT, the last commit may take this long past --term-grace; then the runner
+# exits anyway (storage may be down, and what is not committed is simply run again).
+TERM_MARGIN = 5.0
+_CANCEL_WAIT = 1.0  # part of the margin: how long an abandoned run may take to unwind
 OVERLOAD_STATUSES = frozenset({429, 503})
 
 
@@ -48,6 +54,7 @@ class StopReason(StrEnum):
     DEADLINE = "deadline"
     TERM = "term"
     INTERRUPT = "interrupt"
+    SUPERSEDED = "superseded"  # another runner finished this shard
 
 
 class UsageError(Exception):
@@ -64,6 +71,7 @@ class Runner:
         self.stop_reason: StopReason | None = None
         self.terminated: StopReason | None = None
         self.stop_event = asyncio.Event()
+        self.term_event = asyncio.Event()  # set by the first SIGTERM/SIGINT
         self.rng = random.Random()
         self.policy = RetryPolicy(
             max_attempts=cfg.max_attempts,
@@ -82,6 +90,9 @@ class Runner:
         self.aimd: AimdController | None = None
         self.window: Window | None = None
         self._owns_work_dir = False  # True once the work dir is known to be this input's
+        self._had_record = False  # this shard's record existed before this run
+        self._wrote_record = False  # this run wrote this shard's record
+        self.superseded_by: ProgressRecord | None = None  # another runner's terminal record
 
     # ----------------------------------------------------------------- entry point
     async def run(self) -> int:
@@ -91,6 +102,41 @@ class Runner:
             (signal.SIGINT, StopReason.INTERRUPT),
         ):
             loop.add_signal_handler(sig, self.request_stop, reason)
+        try:
+            return await self._run_bounded()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def _run_bounded(self) -> int:
+        """Run, but after SIGTERM/SIGINT never longer than --term-grace + TERM_MARGIN.
+
+        Storage calls run in threads that retry for OPENBATCH_S3_RETRY_SECONDS and cannot
+        be interrupted; past the bound the run is abandoned (the CLI then exits without
+        waiting for those threads) and the rerun resumes from the last committed part.
+        """
+        main = asyncio.create_task(self._run_reporting())
+        overdue = asyncio.create_task(self._overdue())
+        try:
+            await asyncio.wait({main, overdue}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            overdue.cancel()
+        if main.done():
+            return main.result()
+        main.cancel()
+        await asyncio.wait({main}, timeout=_CANCEL_WAIT)
+        how = "SIGTERM" if self.terminated is StopReason.TERM else "SIGINT"
+        self.view.message(
+            f"stopped by {how}: storage did not finish the last commit within --term-grace "
+            f"+ {TERM_MARGIN:g}s; exiting anyway, uncommitted lines run again on resume"
+        )
+        return ExitCode.INTERRUPTED if self.terminated is StopReason.TERM else ExitCode.KEYBOARD
+
+    async def _overdue(self) -> None:
+        await self.term_event.wait()
+        await asyncio.sleep(self.cfg.term_grace + TERM_MARGIN - _CANCEL_WAIT)
+
+    async def _run_reporting(self) -> int:
         try:
             return await self._run()
         except UsageError as exc:
@@ -102,16 +148,16 @@ class Runner:
             # Something other than a runner wrote into the work dir: retrying cannot help.
             message = f"error: the work dir {self.cfg.work_dir} is corrupt: {exc}"
             return await self._give_up(message, ExitCode.USAGE)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
 
     async def _give_up(self, message: str, code: int) -> int:
         """Say why, and leave the reason in the progress record for the operator (best
         effort: the storage that failed may be the one we would write it to)."""
         self.view.message(message)
-        # Never overwrite the record of a work dir that belongs to another input.
-        if self._owns_work_dir and not self.record.state.terminal:
+        # Never overwrite the record of a work dir that belongs to another input, and do not
+        # make a local work dir just to say that the arguments or the input are wrong (an
+        # operator reads the reason from object storage, so there it is always written).
+        made = self._had_record or self._wrote_record or not isinstance(self.work_store, LocalStore)
+        if self._owns_work_dir and made and not self.record.state.terminal:
             self.record.message = message
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._write_progress(), timeout=10)
@@ -122,6 +168,7 @@ class Runner:
         # cancel into a resume, but it does cut the cancel's remaining work short.
         if reason in (StopReason.TERM, StopReason.INTERRUPT):
             self.terminated = reason
+            self.term_event.set()
         if self.stop_reason is None:
             self.stop_reason = reason
             self.stop_event.set()
@@ -151,21 +198,39 @@ class Runner:
         """Check the input and the work dir, validate; an exit code means: stop here."""
         cfg = self.cfg
         previous = await self._read_progress()
+        self._had_record = previous is not None
+        try:
+            await asyncio.to_thread(
+                check_shard_count,
+                self.work_store,
+                self.work_key,
+                cfg.work_dir,
+                cfg.shards,
+                previous,
+                how=f"--shard {cfg.shard}/{cfg.shards}",
+            )
+        except ShardCountMismatch as exc:
+            raise UsageError(str(exc)) from exc
         info = await asyncio.to_thread(self.in_store.stat, self.in_key)
         if info is None:
             self._owns_work_dir = previous is None
-            raise UsageError(f"input file {cfg.input} does not exist")
+            raise UsageError(self._missing_input_message())
         fingerprint = InputFingerprint(uri=cfg.input, size=info.size, etag=info.etag)
         if previous is not None:
             self._check_same_input(previous, fingerprint)
-        self._owns_work_dir = True  # no record yet, or the record is this input's
-        if previous is not None:
-            if previous.state is RunState.FAILED:
-                return self._report_invalid(previous)
-            if previous.state.terminal:
+            removed = await asyncio.to_thread(self._remove_stale_temporaries)
+            if removed:
+                self.view.message(f"removed {removed} temporary file(s) left by a killed run")
+            if previous.state.terminal and previous.state is not RunState.FAILED:
+                self._owns_work_dir = True
                 self.record = previous
                 self.view.message(f"shard {cfg.shard} already {previous.state.value}")
                 return await self._finish()
+            await self._check_same_content(previous, fingerprint)
+        self._owns_work_dir = True  # no record yet, or the record is this input's
+        if previous is not None and previous.state is RunState.FAILED:
+            return self._report_invalid(previous)
+        await asyncio.to_thread(self._check_destinations)
         self.record.input = fingerprint
         if previous is not None and previous.model is not None:
             # Validated by an earlier run of this shard on the very same input.
@@ -173,7 +238,8 @@ class Runner:
             self.record.model = previous.model
         else:
             await self._write_progress()
-            report, shard_total = await asyncio.to_thread(self._validate)
+            report, shard_total, digest = await asyncio.to_thread(self._validate)
+            fingerprint.digest = digest
             if not report.ok:
                 return await self._fail_validation(report)
             self.record.total = shard_total
@@ -215,6 +281,8 @@ class Runner:
             await self._dispatch_all()
         await self._drain()
         await committer.commit()
+        if self.superseded_by is not None:
+            return ExitCode.DONE  # the shard is done; its record and finalize are not ours
         reason = self.stop_reason
         if reason in (StopReason.CANCEL, StopReason.DEADLINE) and self.terminated is None:
             await self._write_unrun(reason)
@@ -240,22 +308,30 @@ class Runner:
         return None
 
     # ----------------------------------------------------------------- validation
-    def _validate(self) -> tuple[ValidationReport, int]:
+    def _validate(self) -> tuple[ValidationReport, int, str | None]:
+        """Validate the whole input; also count this shard's lines and fingerprint the
+        content in the same pass (None when validation stopped before the end)."""
         cfg = self.cfg
         known = set(cfg.routing.models) if cfg.routing is not None else None
         validator = StreamingValidator(cfg.endpoint, limits=cfg.limits, known_models=known)
         shard_total = 0
         ordinal = 0
         with self.in_store.open_read(self.in_key) as reader:
-            for index, line in iter_lines(reader):
+            digester = DigestReader(reader)
+            lines = iter_lines(digester, max_line_bytes=cfg.limits.max_line_bytes)
+            for index, line in lines:
                 validator.feed(index, line)
                 if validator.stopped:
                     break
-                if line.strip():
+                if not is_blank(line):
                     if ordinal % cfg.shards == cfg.shard:
                         shard_total += 1
                     ordinal += 1
-        return validator.finish(), shard_total
+        return validator.finish(), shard_total, digester.digest if digester.at_end else None
+
+    def _input_digest(self) -> str:
+        with self.in_store.open_read(self.in_key) as reader:
+            return content_digest(reader)
 
     async def _fail_validation(self, report: ValidationReport) -> int:
         self.record.state = RunState.FAILED
@@ -291,6 +367,62 @@ class Runner:
                 f"the work dir {self.cfg.work_dir} holds results of a different input "
                 f"({before.uri}, {before.size} bytes); use a new --work-dir for a new input"
             )
+
+    async def _check_same_content(
+        self, previous: ProgressRecord, current: InputFingerprint
+    ) -> None:
+        """Refuse to resume on an input whose bytes changed (same size, edited lines).
+
+        Local files are read once more to compare their fingerprint (only on a resume: a
+        first run fingerprints during validation). On S3 the ETag, already compared, is a
+        content hash, so the input is not read again.
+        """
+        before = previous.input
+        if before is None or before.digest is None:
+            return  # validation never finished, or a record older than fingerprints
+        if current.uri.startswith("s3://") and current.etag is not None:
+            current.digest = before.digest
+            return
+        digest = await asyncio.to_thread(self._input_digest)
+        if digest != before.digest:
+            raise UsageError(
+                f"the input {self.cfg.input} changed since the work dir {self.cfg.work_dir} "
+                f"was made (same size, different content): resuming would mix two files; "
+                f"restore the original input, or use a new --work-dir"
+            )
+        current.digest = digest
+
+    def _destinations(self) -> list[tuple[ObjectStore, str]]:
+        """Where this run writes: the shard's record and, if it finalizes, the files."""
+        cfg = self.cfg
+        places = [(self.work_store, progress_key(self.work_key, cfg.shard))]
+        if cfg.finalize:
+            places += [open_uri(cfg.output), open_uri(cfg.errors)]
+        return places
+
+    def _check_destinations(self) -> None:
+        """An unwritable output, error file or work dir is found before any request is
+        sent, not when the results are in (blocking)."""
+        for store, key in self._destinations():
+            store.check_writable(key)
+
+    def _remove_stale_temporaries(self) -> int:
+        """Delete the temporary files of killed writers in the work dir and next to the
+        output and error files (local storage only; blocking)."""
+        removed = 0
+        work_prefix = self.work_key.rstrip("/") + "/"
+        for store, key in [(self.work_store, work_prefix), *self._destinations()[1:]]:
+            if isinstance(store, LocalStore):
+                removed += store.remove_stale_temporaries(key)
+        return removed
+
+    def _missing_input_message(self) -> str:
+        path = Path(self.in_key)
+        if isinstance(self.in_store, LocalStore) and path.is_dir():
+            return f"input {self.cfg.input} is a directory, not a file"
+        if isinstance(self.in_store, LocalStore) and path.exists():
+            return f"input {self.cfg.input} is not a regular file"
+        return f"input file {self.cfg.input} does not exist"
 
     def _resolve_urls(self) -> list[str]:
         cfg = self.cfg
@@ -488,9 +620,32 @@ class Runner:
             record.parts = tally.parts
         record.updated_at = time.time()
         data = record.model_dump_json().encode()
-        await asyncio.to_thread(
-            self.work_store.put_bytes, progress_key(self.work_key, self.cfg.shard), data
-        )
+        final = await asyncio.to_thread(self._put_progress, data)
+        if final is None:
+            self._wrote_record = True
+        elif self.superseded_by is None:
+            self.superseded_by = final
+            self.view.message(
+                f"shard {self.cfg.shard} was finished by another runner (state "
+                f"{final.state.value}); this one stops without touching its record"
+            )
+            self.request_stop(StopReason.SUPERSEDED)
+
+    def _put_progress(self, data: bytes) -> ProgressRecord | None:
+        """Write this shard's record unless a terminal one is already there (blocking).
+
+        A terminal record is final: a stale runner (a pod thought dead, still running) must
+        not move a finished shard back to in_progress or interrupted, after which finalize
+        would refuse. Returns the terminal record found instead of writing. (Between the
+        read and the write another runner may still finish: that window is one PUT long.)
+        """
+        key = progress_key(self.work_key, self.cfg.shard)
+        if self.work_store.exists(key):
+            current = ProgressRecord.model_validate_json(self.work_store.read_bytes(key))
+            if current.state.terminal:
+                return current
+        self.work_store.put_bytes(key, data)
+        return None
 
     async def _show_progress(self) -> None:
         while True:

@@ -8,25 +8,26 @@ streams part by part (small parts cannot be composed server-side: S3 needs ≥ 5
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import orjson
-
 from openbatch.layout import (
     PartKind,
     PartName,
     parse_part_name,
-    progress_key,
     result_key,
     shard_prefix,
 )
-from openbatch.lines import LineErrorCode
 from openbatch.progress import FinalResult, ProgressRecord, RunState
-from openbatch.storage import ObjectStore, open_uri
-from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage, to_batch_usage, usage_of
+from openbatch.storage import LocalStore, ObjectStore, open_uri
+from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage, to_batch_usage
 from openbatch_runner.bitmap import Bitmap
 from openbatch_runner.committer import read_first_line
-from openbatch_runner.parts import decode_header
-
-_UNRUN_CODES = frozenset({LineErrorCode.BATCH_CANCELLED, LineErrorCode.BATCH_EXPIRED})
+from openbatch_runner.parts import decode_header, kept_summary, part_body
+from openbatch_runner.workdir import (
+    ShardCountMismatch,
+    WorkDirMissing,
+    mismatch_message,
+    read_record,
+    recorded_shards,
+)
 
 
 class ShardsNotFinished(RuntimeError):
@@ -72,34 +73,18 @@ def _plan(store: ObjectStore, work: str, shards: int) -> tuple[list[_Part], _Cou
             counts.out_lines += kept
         else:
             counts.err_lines += kept
-        if kept == len(keep):
-            counts.completed += summary.completed
-            counts.failed += summary.failed
-            counts.unrun += summary.unrun
-            counts.usage = add_usage(counts.usage, summary.usage)
-        else:
+        if kept != len(keep):
             part.keep = keep
-            _count_lines(store, part, counts)
+            summary = kept_summary(part.name.kind, part_body(store.read_bytes(part.key)), keep)
+        counts.completed += summary.completed
+        counts.failed += summary.failed
+        counts.unrun += summary.unrun
+        counts.usage = add_usage(counts.usage, summary.usage)
     return parts, counts
 
 
-def _count_lines(store: ObjectStore, part: _Part, counts: _Counts) -> None:
-    """Classify the kept lines of a part that overlaps another (rare: overlapping runs)."""
-    for line in _part_lines(store, part):
-        obj = orjson.loads(line)
-        if part.name.kind is PartKind.OUT:
-            counts.completed += 1
-            counts.usage = add_usage(counts.usage, usage_of(obj["response"]["body"]))
-        elif obj.get("response") is None and (obj.get("error") or {}).get("code") in _UNRUN_CODES:
-            counts.unrun += 1
-        else:
-            counts.failed += 1
-
-
 def _part_lines(store: ObjectStore, part: _Part) -> Iterator[bytes]:
-    data = store.read_bytes(part.key)
-    body = data.split(b"\n", 1)[1] if b"\n" in data else b""
-    lines = body.splitlines(keepends=True)
+    lines = part_body(store.read_bytes(part.key))
     if part.keep is None:
         yield from lines
         return
@@ -155,18 +140,40 @@ def _combined_state(records: list[ProgressRecord]) -> RunState:
     return RunState.COMPLETED
 
 
+def _shard_records(
+    store: ObjectStore, work: str, work_dir: str, shards: int
+) -> list[ProgressRecord]:
+    """Every shard's record, once each is terminal and all agree on the shard count."""
+    present = recorded_shards(store, work)
+    if not present:
+        raise WorkDirMissing(
+            f"the work dir {work_dir} does not exist (no shard's progress record is there)"
+        )
+    how = f"finalize --shards {shards}"
+    found: dict[int, ProgressRecord] = {}
+    for shard in present:
+        record = read_record(store, work, shard)
+        if record is None:
+            continue
+        if record.shards != shards:
+            raise ShardCountMismatch(mismatch_message(work_dir, record.shards, shards, how))
+        found[shard] = record
+    beyond = [k for k in found if k >= shards]
+    if beyond:
+        raise ShardCountMismatch(mismatch_message(work_dir, max(beyond) + 1, shards, how))
+    for shard in range(shards):
+        record = found.get(shard)
+        if record is None:
+            raise ShardsNotFinished(f"shard {shard} of {shards} has not started")
+        if not record.state.terminal:
+            raise ShardsNotFinished(f"shard {shard} of {shards} is {record.state.value}")
+    return [found[shard] for shard in range(shards)]
+
+
 def finalize(work_dir: str, shards: int, output: str, errors: str) -> FinalResult:
     """Join all shards' parts into `output` and `errors` and record `result.json`."""
     store, work = open_uri(work_dir)
-    records: list[ProgressRecord] = []
-    for shard in range(shards):
-        key = progress_key(work, shard)
-        if not store.exists(key):
-            raise ShardsNotFinished(f"shard {shard} of {shards} has not started")
-        record = ProgressRecord.model_validate_json(store.read_bytes(key))
-        if not record.state.terminal:
-            raise ShardsNotFinished(f"shard {shard} of {shards} is {record.state.value}")
-        records.append(record)
+    records = _shard_records(store, work, work_dir, shards)
     state = _combined_state(records)
     model = next((r.model for r in records if r.model), None)
     total = sum(r.total for r in records)
@@ -184,6 +191,8 @@ def finalize(work_dir: str, shards: int, output: str, errors: str) -> FinalResul
         if n_lines == 0:
             continue
         target_store, target_key = open_uri(uri)
+        if isinstance(target_store, LocalStore):  # a finalize killed while writing this file
+            target_store.remove_stale_temporaries(target_key)
         selected = [p for p in parts if p.name.kind is kind]
         target_store.put_stream(target_key, _JoinReader(store, selected))
         if kind is PartKind.OUT:

@@ -5,14 +5,18 @@ restart learns what is done by reading headers only, and finalize can drop the s
 of a line that two overlapping runner processes both committed.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
 
-from openbatch.usage import ZERO_USAGE, UsageTuple
+from openbatch.layout import PartKind
+from openbatch.lines import LineErrorCode
+from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage, usage_of
 
 HEADER_KEY = "openbatch_part"
 FORMAT_VERSION = 1
+_UNRUN_CODES = frozenset({LineErrorCode.BATCH_CANCELLED, LineErrorCode.BATCH_EXPIRED})
 
 
 @dataclass
@@ -62,3 +66,31 @@ def decode_header(first_line: bytes) -> PartSummary:
         unrun=int(data.get("unrun", 0)),
         usage=(u[0], u[1], u[2], u[3], u[4]),
     )
+
+
+def part_body(data: bytes) -> list[bytes]:
+    """The result lines of a whole part (its header dropped), each with its newline."""
+    body = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    return body.splitlines(keepends=True)
+
+
+def kept_summary(kind: PartKind, lines: Iterable[bytes], keep: list[bool]) -> PartSummary:
+    """Counts and usage of the kept lines of a part that overlaps another one.
+
+    Overlapping runner processes can commit the same input line twice; whoever counts
+    (a restart's scan, finalize) keeps the first copy only, so a part that is partly
+    a repeat is classified line by line (rare: the header has only whole-part counts).
+    """
+    summary = PartSummary()
+    for line, kept in zip(lines, keep, strict=True):
+        if not kept:
+            continue
+        obj = orjson.loads(line)
+        if kind is PartKind.OUT:
+            summary.completed += 1
+            summary.usage = add_usage(summary.usage, usage_of(obj["response"]["body"]))
+        elif obj.get("response") is None and (obj.get("error") or {}).get("code") in _UNRUN_CODES:
+            summary.unrun += 1
+        else:
+            summary.failed += 1
+    return summary

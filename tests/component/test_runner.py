@@ -251,13 +251,18 @@ def test_usage_errors_exit_2(local: Place, model_sim: SimHandle) -> None:
     assert kept is not None and kept.state is RunState.COMPLETED and kept.input is not None
 
 
-def test_a_usage_error_is_left_in_the_progress_record(local: Place, model_sim: SimHandle) -> None:
-    """The operator has no access to pod logs: the reason travels in the progress record."""
-    proc = run(local, model_sim, input_uri=local.uri("missing.jsonl"))
+def test_a_usage_error_is_left_in_the_progress_record(place: Place, model_sim: SimHandle) -> None:
+    """The operator has no access to pod logs: the reason travels in the progress record,
+    in object storage; a local run that fails on its input makes no work dir at all."""
+    proc = run(place, model_sim, input_uri=place.uri("missing.jsonl"))
     assert proc.returncode == 2
-    record = progress(local.uri("work"))
-    assert record is not None and not record.state.terminal
-    assert "missing.jsonl does not exist" in (record.message or "")
+    assert "missing.jsonl does not exist" in proc.stderr
+    record = progress(place.uri("work"))
+    if place.root.startswith("s3://"):
+        assert record is not None and not record.state.terminal
+        assert "missing.jsonl does not exist" in (record.message or "")
+    else:
+        assert record is None and not Path(place.uri("work")).exists()
 
 
 def test_routing_table(local: Place, model_sim_factory: ModelSimFactory) -> None:

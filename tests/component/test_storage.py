@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +30,7 @@ from openbatch.storage import (
     open_uri,
     split_uri,
 )
+from openbatch.storage.local import _HOST
 from tests.fixtures.s3 import SeaweedServer, unique_bucket_name
 
 MiB = 1 << 20
@@ -337,6 +341,60 @@ def test_local_etag_format(tmp_path: Path) -> None:
     assert info is not None
     assert info.etag == f"{st.st_mtime_ns}-5"
     assert LocalStore().stat(str(tmp_path)) is None  # a directory is not an object
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_local_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    store = LocalStore()
+    store.put_bytes(f"{tmp_path}/w/shard-0/out-00000000-ab.jsonl", b"ok")
+    host = _HOST
+    dead = tmp_path / f"w/shard-0/.out-00000001-ab.jsonl.{host}-{_dead_pid()}-01.openbatch-tmp"
+    live = tmp_path / f"w/shard-0/.out-00000002-ab.jsonl.{host}-{os.getpid()}-02.openbatch-tmp"
+    foreign_old = tmp_path / "w/.result.json.0123abcd4567.openbatch-tmp"  # an older version
+    foreign_new = tmp_path / "w/.progress.json.ffff0000-1-03.openbatch-tmp"  # another host
+    elsewhere = tmp_path / f".other.jsonl.{host}-{_dead_pid()}-04.openbatch-tmp"
+    for path in (dead, live, foreign_old, foreign_new, elsewhere):
+        path.write_bytes(b"partial")
+    hour_ago = time.time() - 3700
+    os.utime(foreign_old, (hour_ago, hour_ago))
+    assert store.remove_stale_temporaries(f"{tmp_path}/w/") == 2
+    assert not dead.exists() and not foreign_old.exists()
+    assert live.exists() and foreign_new.exists() and elsewhere.exists()
+    assert store.list_keys(f"{tmp_path}/w/") == [f"{tmp_path}/w/shard-0/out-00000000-ab.jsonl"]
+    # A prefix naming one object covers that object's temporaries only.
+    assert store.remove_stale_temporaries(f"{tmp_path}/other.jsonl") == 1
+    assert not elsewhere.exists()
+
+
+def test_local_check_writable(tmp_path: Path) -> None:
+    store = LocalStore()
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "dir").mkdir()
+    store.check_writable(f"{tmp_path}/new/deeper/out.jsonl")  # parents made on write
+    store.check_writable(f"{tmp_path}/file")  # replaced on write
+    assert not (tmp_path / "new").exists()  # the check writes nothing
+    assert list(tmp_path.glob(".*")) == []
+    for key, message in [
+        (f"{tmp_path}/dir", "is a directory"),
+        (f"{tmp_path}/file/out.jsonl", "is not a directory"),
+        (f"{tmp_path}/file/a/b", "is not a directory"),
+    ]:
+        with pytest.raises(StorageError, match=message) as info:
+            store.check_writable(key)
+        assert not info.value.transient
+
+
+def test_s3_check_writable_finds_a_missing_bucket(seaweed: SeaweedServer, s3_bucket: str) -> None:
+    S3Store(s3_bucket, seaweed.settings()).check_writable("out.jsonl")
+    missing = S3Store(unique_bucket_name("missing"), seaweed.settings())
+    with pytest.raises(StorageError, match="does not exist") as info:
+        missing.check_writable("out.jsonl")
+    assert not info.value.transient
 
 
 # --------------------------------------------------------------------------- S3 errors

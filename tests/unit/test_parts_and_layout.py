@@ -1,12 +1,19 @@
 import io
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from openbatch.jsonl import iter_lines
-from openbatch.layout import PartKind, PartName, parse_part_name, part_key
+from openbatch.layout import PartKind, PartName, parse_part_name, part_key, progress_key
 from openbatch.lines import OutputLine
+from openbatch.progress import ProgressRecord, RunState
+from openbatch.storage import LocalStore
+from openbatch.usage import ZERO_USAGE, UsageTuple, add_usage, to_batch_usage, usage_of
 from openbatch_runner.bitmap import Bitmap
+from openbatch_runner.committer import scan_committed
+from openbatch_runner.finalize import finalize
 from openbatch_runner.outcome import result_line, unrun_line
 from openbatch_runner.parts import CorruptPart, PartSummary, decode_header, encode_part
 from openbatch_runner.reply import Reply
@@ -104,3 +111,65 @@ def test_result_lines_follow_the_contract() -> None:
     line = OutputLine.model_validate_json(unrun.data)
     assert unrun.unrun and line.error is not None and line.error.code == "batch_expired"
     assert "completion window expired" in line.error.message
+
+
+def _out(custom_id: str, tokens: int) -> bytes:
+    usage = {"prompt_tokens": tokens, "completion_tokens": 1, "total_tokens": tokens + 1}
+    response = {"status_code": 200, "request_id": "r", "body": {"usage": usage}}
+    line = {"id": "b", "custom_id": custom_id, "response": response, "error": None}
+    return orjson.dumps(line) + b"\n"
+
+
+def _err(custom_id: str, unrun: bool) -> bytes:
+    line: dict[str, Any] = {"id": "b", "custom_id": custom_id, "response": None, "error": None}
+    if unrun:
+        line["error"] = {"code": "batch_cancelled", "message": "x"}
+    else:
+        line["response"] = {"status_code": 500, "request_id": "r", "body": {}}
+    return orjson.dumps(line) + b"\n"
+
+
+def _summed_usage(lines: list[bytes]) -> UsageTuple:
+    total = ZERO_USAGE
+    for line in lines:
+        response = orjson.loads(line)["response"]
+        total = add_usage(total, usage_of(response["body"] if response else None))
+    return total
+
+
+def test_a_line_committed_twice_is_counted_once_by_scan_and_finalize(tmp_path: Path) -> None:
+    """Overlapping runners: run `aa` committed lines 0-2; run `bb`, unaware, committed 2
+    and 3, then 1 again (failed), 4 (failed) and 5 (unrun). First copies win."""
+    store, work = LocalStore(), str(tmp_path / "w")
+    parts = [
+        ("aa", PartKind.OUT, 0, [0, 1, 2], [_out("c0", 10), _out("c1", 20), _out("c2", 30)]),
+        ("bb", PartKind.OUT, 0, [2, 3], [_out("c2", 300), _out("c3", 40)]),
+        (
+            "bb",
+            PartKind.ERR,
+            1,
+            [1, 4, 5],
+            [_err("c1", False), _err("c4", False), _err("c5", True)],
+        ),
+    ]
+    for run, kind, seq, lines, data in parts:
+        summary = PartSummary(
+            lines=lines,
+            completed=len(lines) if kind is PartKind.OUT else 0,
+            failed=2 if kind is PartKind.ERR else 0,
+            unrun=1 if kind is PartKind.ERR else 0,
+            usage=_summed_usage(data),  # whole-part usage: wrong for a part with a repeat
+        )
+        store.put_bytes(part_key(work, 0, kind, seq, run), encode_part(summary, data))
+    committed = scan_committed(store, work, 0)
+    tally = committed.tally
+    assert (tally.completed, tally.failed, tally.unrun) == (4, 1, 1)
+    assert committed.done.count() == 6 and committed.next_seq == 2
+    assert to_batch_usage(tally.usage).input_tokens == 10 + 20 + 30 + 40  # not bb's copy of 2
+
+    record = ProgressRecord(state=RunState.COMPLETED, total=6)
+    store.put_bytes(progress_key(work, 0), record.model_dump_json().encode())
+    result = finalize(work, 1, str(tmp_path / "o.jsonl"), str(tmp_path / "e.jsonl"))
+    assert (result.completed, result.failed, result.unrun) == (4, 1, 1)
+    assert to_batch_usage(tally.usage) == result.usage
+    assert (result.output_lines, result.error_lines) == (4, 2)

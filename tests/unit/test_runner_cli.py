@@ -1,3 +1,4 @@
+import argparse
 import dataclasses
 import io
 from datetime import UTC, datetime
@@ -12,6 +13,8 @@ from openbatch.runner_args import (
     HttpClientKind,
     ProgressMode,
     RunnerArgs,
+    build_finalize_parser,
+    build_run_parser,
     parse_finalize_argv,
     parse_run_argv,
 )
@@ -55,6 +58,7 @@ def test_every_option_is_parsed() -> None:
             *["--deadline", "2030-01-02T03:04:05Z", "--shard", "1/4", "--api-key", "k"],
             *["--commit-every", "10", "--commit-interval", "0.5", "--max-lines", "7"],
             *["--max-bytes", "100", "--poll-interval", "0.1", "--grace-period", "3"],
+            *["--max-line-bytes", "50"],
             *["--term-grace", "4", "--progress", "bar", "--log-interval", "2"],
         ]
     )
@@ -67,7 +71,7 @@ def test_every_option_is_parsed() -> None:
     assert (cfg.shard, cfg.shards, cfg.finalize) == (1, 4, False)  # shards never finalize
     assert cfg.api_key == "k"
     assert (cfg.commit_every, cfg.commit_interval) == (10, 0.5)
-    assert (cfg.limits.max_lines, cfg.limits.max_bytes) == (7, 100)
+    assert (cfg.limits.max_lines, cfg.limits.max_bytes, cfg.limits.max_line_bytes) == (7, 100, 50)
     assert (cfg.poll_interval, cfg.grace_period, cfg.term_grace) == (0.1, 3, 4)
     assert (cfg.progress, cfg.log_interval) == (ProgressMode.BAR, 2)
 
@@ -154,6 +158,7 @@ def _every_field_changed() -> RunnerArgs:
         commit_interval=0.25,
         max_lines=12,
         max_bytes=13,
+        max_line_bytes=14,
         poll_interval=0.5,
         grace_period=0,
         term_grace=1.5,
@@ -209,3 +214,13 @@ def test_exit_codes_say_whether_a_retry_helps() -> None:
         ExitCode.KEYBOARD,
     ]
     assert int(ExitCode.INVALID_INPUT) == 3
+
+
+@pytest.mark.parametrize(
+    "parser", [build_run_parser(), build_finalize_parser()], ids=["run", "finalize"]
+)
+def test_every_option_has_help_text(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS:
+            continue  # hidden on purpose (benchmark switches)
+        assert action.help and action.help.strip(), f"{action.option_strings or action.dest}"

@@ -21,6 +21,7 @@ from openbatch.endpoints import Endpoint
 from openbatch.jsonl import iter_lines
 from openbatch.validation import (
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_LINES,
     DEFAULT_MAX_REPORTED_ERRORS,
     StreamingValidator,
@@ -124,7 +125,12 @@ CASES = [
         jsonl(req("a"), req("\x00b").replace(b"\\u0000", b"\xff")),
         [json_error(2)],
     ),
-    Case("UTF-8 byte order mark", jsonl(b"\xef\xbb\xbf" + req("a")), [json_error(1)]),
+    Case("UTF-8 byte order mark at the start", jsonl(b"\xef\xbb\xbf" + req("a")), []),
+    Case(
+        "UTF-8 byte order mark later on",
+        jsonl(req("a"), b"\xef\xbb\xbf" + req("b")),
+        [json_error(2)],
+    ),
     Case("lone surrogate escape", jsonl(req("x").replace(b'"x"', b'"\\ud800"')), [json_error(1)]),
     # -- missing top-level keys: the first missing one, in custom_id/method/url/body order --
     Case("missing custom_id", jsonl(req(MISSING)), [missing("custom_id", 1)]),
@@ -341,6 +347,18 @@ CASES = [
         limits=ValidationLimits(max_lines=2),
         stopped=True,
     ),
+    Case(
+        "a line over max_line_bytes, checked before JSON",
+        jsonl(req("a"), req("b") + b" " * 40, b"{" * 400, req("c")),
+        [("invalid_request", None, 2), ("invalid_request", None, 3)],
+        limits=ValidationLimits(max_line_bytes=len(req("a")) + 1),
+    ),
+    Case(
+        "a line exactly at max_line_bytes",
+        jsonl(req("a")),
+        [],
+        limits=ValidationLimits(max_line_bytes=len(req("a"))),
+    ),
     # -- reporting cap --
     Case(
         "errors past the cap are counted, not listed",
@@ -542,9 +560,24 @@ def test_defaults() -> None:
         209_715_200,
         100,
     )
-    for name in ("max_lines", "max_bytes", "max_reported_errors"):
+    assert limits.max_line_bytes == DEFAULT_MAX_LINE_BYTES == 8 * 1024 * 1024
+    for name in ("max_lines", "max_bytes", "max_reported_errors", "max_line_bytes"):
         with pytest.raises(ValueError, match=name):
             ValidationLimits(**{name: 0})
+
+
+def test_an_oversized_line_is_reported_with_its_full_size() -> None:
+    big = b'{"custom_id": "' + b"x" * 5000 + b'"}'
+    data = req("a") + b"\n" + big + b"\n" + req("b") + b"\n"
+    limits = ValidationLimits(max_line_bytes=1000)
+    report = validate_lines(
+        iter_lines(io.BytesIO(data), 64, max_line_bytes=1000), CHAT, limits=limits
+    )
+    assert [(e.code, e.param, e.line) for e in report.errors] == [("invalid_request", None, 2)]
+    assert report.errors[0].message == (
+        f"This line is {len(big)} bytes; the maximum is 1000 bytes per line."
+    )
+    assert report.bytes == len(data) and report.requests == 3
 
 
 def counting(lines: list[bytes], seen: list[int]) -> Iterator[tuple[int, bytes]]:
