@@ -356,3 +356,14 @@ def test_trivy_findings_are_namespaced() -> None:
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert re.fullmatch(r"[a-z0-9-]+", obj["metadata"]["namespace"])
             assert obj["metadata"]["namespace"] != "default"
+
+
+def test_routed_peers_from_urls_of_every_shape() -> None:
+    urls = ["http://10.0.0.5:8000/v1", "http://vllm:8000/v1", "https://llm.models.svc/v1"]
+    objects = render({"routing": {"models": {"a": urls}}})
+    policy = one(objects, "NetworkPolicy", f"{FULLNAME}-runner", NAMESPACE)
+    assert _peers(policy)[2:] == [
+        (json.dumps({"ipBlock": {"cidr": "10.0.0.5/32"}}), [("TCP", 8000)]),
+        (_ns_peer(NAMESPACE), [("TCP", 8000)]),  # a bare Service name: the release namespace
+        (_ns_peer("models"), [("TCP", 443)]),
+    ]

@@ -208,7 +208,11 @@ Pass (dict "ctx" $ "secret" NAME "key" KEY "value" EXPLICIT "length" N).
 {{- end }}
 {{- end }}
 
-{{/* Model-server egress peers derived from the routing table: one namespace + port per URL. */}}
+{{/*
+Model-server egress peers derived from the routing table: the Service's namespace (the
+second DNS label of `svc.ns.svc...`; a bare name is the release namespace) or an IP literal's
+/32, with the URL's port.
+*/}}
 {{- define "openbatch.routedPeers" -}}
 {{- $peers := list }}
 {{- $seen := dict }}
@@ -219,13 +223,21 @@ Pass (dict "ctx" $ "secret" NAME "key" KEY "value" EXPLICIT "length" N).
 {{- $host := first $hostport }}
 {{- $port := "" }}
 {{- if gt (len $hostport) 1 }}{{ $port = last $hostport }}{{ else if eq $url.scheme "https" }}{{ $port = "443" }}{{ else }}{{ $port = "80" }}{{ end }}
+{{- $peer := dict "port" (int $port) }}
+{{- if regexMatch "^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$" $host }}
+{{- $_ := set $peer "cidr" (printf "%s/32" $host) }}
+{{- else }}
 {{- $labels := splitList "." $host }}
-{{- $ns := $.Release.Namespace }}
-{{- if gt (len $labels) 1 }}{{ $ns = index $labels 1 }}{{ end }}
-{{- $key := printf "%s:%s" $ns $port }}
+{{- if gt (len $labels) 1 }}
+{{- $_ := set $peer "namespace" (index $labels 1) }}
+{{- else }}
+{{- $_ := set $peer "namespace" $.Release.Namespace }}
+{{- end }}
+{{- end }}
+{{- $key := printf "%s/%s:%s" ($peer.namespace | default "") ($peer.cidr | default "") $port }}
 {{- if not (hasKey $seen $key) }}
 {{- $_ := set $seen $key true }}
-{{- $peers = append $peers (dict "namespace" $ns "port" (int $port)) }}
+{{- $peers = append $peers $peer }}
 {{- end }}
 {{- end }}
 {{- end }}
