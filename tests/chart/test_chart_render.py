@@ -22,6 +22,7 @@ from openbatch.locations import locations_of
 from openbatch.resource import BatchJob
 from openbatch_operator.resources import build_runner_job
 from openbatch_operator.settings import OperatorSettings
+from tests.chart import values_doc
 from tests.chart.chart_support import (
     CHART_DIR,
     FULLNAME,
@@ -124,44 +125,6 @@ def test_the_tree_comparison_catches_a_key_on_one_side_only() -> None:
     assert _schema_tree_differences({}, schema) == [".a: in the schema only"]
 
 
-def _documented_paths(text: str) -> tuple[set[str], set[str]]:
-    """(keys with a `# --` comment right above them, every key), as dotted paths.
-
-    Keys inside list items are list content, not values of their own.
-    """
-    documented: set[str] = set()
-    every: set[str] = set()
-    stack: list[tuple[int, str]] = []
-    comment: list[str] = []
-    list_indent: int | None = None
-    for line in text.splitlines():
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        if not stripped:
-            comment = []
-            continue
-        if stripped.startswith("#"):
-            comment.append(stripped)
-            continue
-        if list_indent is not None and indent > list_indent:
-            continue
-        list_indent = None
-        if stripped.startswith("- "):
-            list_indent = indent
-            continue
-        match = re.match(r"([A-Za-z0-9_.-]+):", stripped)
-        assert match, f"unexpected line in values.yaml: {line!r}"
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        path = ".".join([p for _, p in stack] + [match[1]])
-        every.add(path)
-        if any(c.startswith("# --") for c in comment):
-            documented.add(path)
-        comment = []
-        stack.append((indent, match[1]))
-    return documented, every
-
-
 def _leaves(values: Any, path: str = "") -> Iterator[str]:
     if isinstance(values, dict) and values:
         for key, sub in values.items():
@@ -172,7 +135,8 @@ def _leaves(values: Any, path: str = "") -> Iterator[str]:
 
 def test_every_value_is_documented() -> None:
     text = (CHART_DIR / "values.yaml").read_text()
-    documented, every = _documented_paths(text)
+    every = {k.path for k in values_doc.keys(text)}
+    documented = {k.path for k in values_doc.keys(text) if k.comment}
     values = yaml.safe_load(text)
     assert set(_leaves(values)) <= every
     undocumented = [
@@ -181,6 +145,12 @@ def test_every_value_is_documented() -> None:
         if not any(leaf == d or leaf.startswith(d + ".") for d in documented)
     ]
     assert undocumented == []
+
+
+def test_the_install_guide_has_the_generated_values_table() -> None:
+    doc = values_doc.INSTALL_DOC.read_text()
+    assert values_doc.BEGIN in doc and values_doc.END in doc
+    assert doc == values_doc.expected_doc(doc), "run: python -m tests.chart.values_doc"
 
 
 def test_the_chart_readme_mentions_every_top_level_value() -> None:
