@@ -21,7 +21,10 @@ kubectl.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,10 +54,16 @@ RELEASE = "ob"
 FULLNAME = f"{RELEASE}-openbatch"
 MODEL = "sim-model"
 TERMINAL = {"Completed", "Failed", "Expired", "Cancelled"}
-ENTRYPOINTS = {
+DOCKERFILES = {
     "operator": REPO_ROOT / "operator" / "Dockerfile",
     "shim": REPO_ROOT / "api_shim" / "Dockerfile",
 }
+# The images' entrypoints as the chart relies on them (no `command` in the Deployments).
+ENTRYPOINTS = {
+    "operator": ["python", "-m", "openbatch_operator"],
+    "shim": ["python", "-m", "openbatch_shim"],
+}
+SHIM_MISSING = importlib.util.find_spec("openbatch_shim") is None
 
 # Kinds the chart renders that the emulator does not serve out of the box.
 CHART_KINDS = (
@@ -85,6 +94,14 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _entrypoint(component: str) -> list[str]:
+    """The image's entrypoint, checked against its Dockerfile when there is one."""
+    dockerfile = DOCKERFILES[component]
+    if dockerfile.exists():
+        assert dockerfile_entrypoint(dockerfile) == ENTRYPOINTS[component]
+    return ENTRYPOINTS[component]
 
 
 def _serve_chart_kinds(emulator: EmulatorThread) -> None:
@@ -121,7 +138,7 @@ class ChartInstall:
             self.kube,
             deployment,
             self.workdir / component,
-            entrypoint=dockerfile_entrypoint(ENTRYPOINTS[component]),
+            entrypoint=_entrypoint(component),
             services={self.minio_url: self.seaweed.endpoint},
             env_overrides=env_overrides,
         )
@@ -183,6 +200,25 @@ def chart_install(  # noqa: PLR0917  # pytest injects fixtures by name
                 kube.delete(obj["kind"].lower() + "s", obj["metadata"]["name"])
 
 
+def _start_operator(install: ChartInstall) -> tuple[LocalWorkload, int]:
+    """The operator from the applied Deployment; its ports move to free local ones."""
+    container = install.applied("deployments", f"{FULLNAME}-operator")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["OPENBATCH_OPERATOR_LIVENESS"].endswith(f":{ports['health']}/healthz")
+    assert env["OPENBATCH_OPERATOR_METRICS_PORT"] == str(ports["metrics"])
+    liveness, metrics = _free_port(), _free_port()
+    operator = install.start(
+        "operator",
+        OPENBATCH_OPERATOR_LIVENESS=f"http://127.0.0.1:{liveness}/healthz",
+        OPENBATCH_OPERATOR_METRICS_PORT=str(metrics),
+    )
+    operator.wait_http(f"http://127.0.0.1:{liveness}/healthz")
+    return operator, metrics
+
+
 def test_default_install_applies_and_runs_a_batch(
     chart_install: ChartInstall, tmp_path: Path
 ) -> None:
@@ -202,24 +238,10 @@ def test_default_install_applies_and_runs_a_batch(
         f"role.rbac.authorization.k8s.io/{FULLNAME}-operator",
     ):
         assert name in listed, listed
-    # The operator, from the applied Deployment; its ports move to free local ones.
-    container = install.applied("deployments", f"{FULLNAME}-operator")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["OPENBATCH_OPERATOR_LIVENESS"].endswith(f":{ports['health']}/healthz")
-    assert env["OPENBATCH_OPERATOR_METRICS_PORT"] == str(ports["metrics"])
-    liveness, metrics = _free_port(), _free_port()
-    operator = install.start(
-        "operator",
-        OPENBATCH_OPERATOR_LIVENESS=f"http://127.0.0.1:{liveness}/healthz",
-        OPENBATCH_OPERATOR_METRICS_PORT=str(metrics),
-    )
+    operator, metrics = _start_operator(install)
     assert operator.env["OPENBATCH_OPERATOR_NAMESPACES"] == ns
     assert operator.env["OPENBATCH_S3_ENDPOINT"] == install.seaweed.endpoint
     assert operator.env["OPENBATCH_OPERATOR_TENANTS_FILE"].startswith(str(operator.workdir))
-    operator.wait_http(f"http://127.0.0.1:{liveness}/healthz")
 
     # A kubectl user's batch, routed through the chart's routing table.
     lines = [chat_line(i, model=MODEL) for i in range(20)]
@@ -253,3 +275,39 @@ def test_default_install_applies_and_runs_a_batch(
     assert volumes["routing"]["configMap"]["name"] == f"{FULLNAME}-routing"
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as resp:
         assert 'openbatch_batches{phase="Completed"} 1.0' in resp.read().decode()
+
+
+@pytest.mark.skipif(SHIM_MISSING, reason="the API shim (openbatch_shim) is not in this tree yet")
+def test_default_install_runs_a_batch_through_the_shim(chart_install: ChartInstall) -> None:
+    """openai client -> shim -> BatchJob -> operator -> runner Job, all from the manifests."""
+    from openai import OpenAI
+
+    install = chart_install
+    _start_operator(install)
+    container = install.applied("deployments", f"{FULLNAME}-shim")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["ports"][0]["containerPort"] == 8000
+    port = _free_port()
+    shim = install.start("shim", OPENBATCH_SHIM_HOST="127.0.0.1", OPENBATCH_SHIM_PORT=str(port))
+    shim.wait_http(f"http://127.0.0.1:{port}/readyz")
+    # The default tenant's generated key, as mounted into the shim.
+    keys = json.loads((shim.workdir / "volumes" / "api-keys" / "api-keys.json").read_text())
+    ((api_key, tenant),) = keys.items()
+    assert tenant == install.kube.namespace
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=0)
+    lines = [chat_line(i, model=MODEL) for i in range(20)]
+    uploaded = client.files.create(file=("chart.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 60
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.2)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", (batch, shim.logs()[-3000:])
+    assert batch.request_counts is not None and batch.request_counts.completed == 20
+    assert batch.output_file_id is not None
+    out = parse_lines(client.files.content(batch.output_file_id).read())
+    assert_exactly_once({f"req-{i}" for i in range(20)}, out, [])

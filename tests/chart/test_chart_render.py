@@ -514,8 +514,9 @@ def test_minio_install_has_statefulset_pvc_secrets_and_setup_hook(default: list[
     }
     job = one(default, "Job", f"{FULLNAME}-minio-setup")
     assert is_hook(job)
+    (setup_container,) = pod_spec(job)["containers"]
+    assert container_env(setup_container)["BUCKETS"]["value"] == "openbatch"
     setup = one(default, "ConfigMap", f"{FULLNAME}-minio-setup")
-    assert setup["data"]["buckets"] == "openbatch"
     runner_policy = json.loads(setup["data"]["runner-policy.json"])
     resources = [r for s in runner_policy["Statement"] for r in s["Resource"]]
     assert resources == ["arn:aws:s3:::openbatch", "arn:aws:s3:::openbatch/*"]
@@ -590,3 +591,17 @@ def test_images_default_to_the_app_version() -> None:
         assert f"ghcr.io/openbatch/{image}:{app_version}" in text
     custom = render({"operator": {"image": {"tag": "0.2.0-rc1"}}})
     assert _operator(custom)["image"] == "ghcr.io/openbatch/openbatch-operator:0.2.0-rc1"
+
+
+def test_minio_setup_creates_every_tenant_bucket(rendered: dict[str, list[Obj]]) -> None:
+    job = one(rendered["tenants-namespaced"], "Job", f"{FULLNAME}-minio-setup")
+    (container,) = pod_spec(job)["containers"]
+    assert container_env(container)["BUCKETS"]["value"] == "openbatch team-a team-b"
+    setup = one(rendered["tenants-namespaced"], "ConfigMap", f"{FULLNAME}-minio-setup")
+    app = json.loads(setup["data"]["app-policy.json"])
+    (statement,) = app["Statement"]
+    assert statement["Resource"] == [
+        f"arn:aws:s3:::{b}{suffix}"
+        for b in ("openbatch", "team-a", "team-b")
+        for suffix in ("", "/*")
+    ]
