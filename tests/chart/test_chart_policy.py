@@ -23,6 +23,7 @@ from tests.chart.chart_support import (
     FULLNAME,
     NAMESPACE,
     Obj,
+    chart_crds,
     find,
     one,
     render,
@@ -367,3 +368,9 @@ def test_routed_peers_from_urls_of_every_shape() -> None:
         (_ns_peer(NAMESPACE), [("TCP", 8000)]),  # a bare Service name: the release namespace
         (_ns_peer("models"), [("TCP", 443)]),
     ]
+
+
+def test_the_chart_crd_passes_kubernetes_validate_strict() -> None:
+    (crd,) = chart_crds()
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)

@@ -216,6 +216,18 @@ def test_bad_values_are_rejected_with_the_key_named(values: dict[str, Any], wher
             },
             "namespace team-a is listed twice",
         ),
+        ({"storage": {"accessKey": "only-half"}}, "storage.accessKey and storage.secretKey go"),
+        (
+            {"shim": {"replicas": 2, "podDisruptionBudget": {"enabled": True, "minAvailable": 2}}},
+            "minAvailable (2) must be below shim.replicas (2)",
+        ),
+        (
+            {
+                "shim": {"apiKeys": {"existingSecret": "keys"}},
+                "defaultTenant": {"apiKeys": ["sk-0123456789abcdef"]},
+            },
+            "shim.apiKeys.existingSecret replaces them",
+        ),
     ],
 )
 def test_inconsistent_values_fail_the_render_with_a_clear_message(

@@ -112,11 +112,10 @@ app.kubernetes.io/managed-by: openbatch-operator
 {{- default (printf "%s-s3" (include "openbatch.fullname" .)) .Values.storage.existingSecret }}
 {{- end }}
 
+{{/* Whether the chart creates the operator's and shim's credentials Secret (validation.tpl
+refuses external storage without credentials). */}}
 {{- define "openbatch.createStorageSecret" -}}
 {{- if not .Values.storage.existingSecret }}
-{{- if not (or .Values.minio.enabled (and .Values.storage.accessKey .Values.storage.secretKey)) }}
-{{- fail "external storage needs storage.existingSecret (or storage.accessKey and storage.secretKey)" }}
-{{- end }}
 {{- "true" }}
 {{- end }}
 {{- end }}
