@@ -10,13 +10,13 @@ What plays what (docs/install.md, "What CI proves"):
   resolve it), with the chart's credential Secrets set to SeaweedFS's identity; the MinIO
   StatefulSet is applied but not run, and its setup hook (buckets, users) is played by the test
   (the bucket exists; SeaweedFS has one identity);
-- `LocalWorkload` (tests/chart/workloads.py) runs the operator Deployment's container with
-  the env, Secrets and ConfigMap mounts read back from the emulator; the kubelet harness runs
-  the runner Jobs it creates, with the chart's runner Secret and routing-table ConfigMap.
+- `LocalWorkload` (tests/chart/workloads.py) runs the operator's and the shim's Deployment
+  containers with the env, Secrets and ConfigMap mounts read back from the emulator; the
+  kubelet harness runs the runner Jobs, with the chart's runner Secret and routing ConfigMap.
 
-`ChartInstall.start(component)` runs any Deployment of the chart the same way, so the shim can
-join the test when it exists: start it and send the batch through the OpenAI client instead of
-kubectl.
+`ChartInstall.start(component)` runs any Deployment of the chart the same way: the second test
+starts the shim too and sends the batch through the official OpenAI client, authenticated with
+the key the chart generated, as mounted from the applied Secret.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class ChartInstall:
 
 
 @pytest.fixture
-def chart_install(  # noqa: PLR0917  # pytest injects fixtures by name
+def chart_install(  # pytest injects fixtures by name
     kube_api: KubeApi,
     kubelet: KubeletHarness,
     seaweed: SeaweedServer,
@@ -296,6 +296,7 @@ def test_default_install_runs_a_batch_through_the_shim(chart_install: ChartInsta
     ((api_key, tenant),) = keys.items()
     assert tenant == install.kube.namespace
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=0)
+    assert [m.id for m in client.models.list()] == [MODEL]  # the chart's routing table
     lines = [chat_line(i, model=MODEL) for i in range(20)]
     uploaded = client.files.create(file=("chart.jsonl", jsonl(lines)), purpose="batch")
     batch = client.batches.create(

@@ -49,6 +49,7 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 # Settings the operator reads outside OperatorSettings (operator/openbatch_operator/__main__.py)
 # and the tenancy file (being added with the tenancy issue).
 OPERATOR_EXTRA_ENV = {"NAMESPACES", "LIVENESS", "TENANTS_FILE"}
+SHIM_EXTRA_ENV = {"TENANTS_FILE"}  # the tenancy file (the tenancy issue)
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +229,7 @@ def test_bad_values_are_rejected_with_the_key_named(values: dict[str, Any], wher
             },
             "shim.apiKeys.existingSecret replaces them",
         ),
+        ({"shim": {"apiKeys": {"generate": False}}}, "the shim has no API keys"),
     ],
 )
 def test_inconsistent_values_fail_the_render_with_a_clear_message(
@@ -311,6 +313,28 @@ def _operator(objects: list[Obj]) -> Obj:
 
 def _plain_env(container: Obj) -> dict[str, str]:
     return {k: e["value"] for k, e in container_env(container).items() if "value" in e}
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_shim_env_names_real_settings(rendered: dict[str, list[Obj]], name: str) -> None:
+    from openbatch_shim.settings import ShimSettings
+
+    found = find(rendered[name], "Deployment", f"{FULLNAME}-shim")
+    if not found:
+        return
+    (container,) = pod_spec(found[0])["containers"]
+    env = _plain_env(container)
+    fields = {f.upper() for f in ShimSettings.model_fields} | SHIM_EXTRA_ENV
+    names = {k.removeprefix("OPENBATCH_SHIM_") for k in env if k.startswith("OPENBATCH_SHIM_")}
+    assert names - fields == set()
+    settings = {
+        k.removeprefix("OPENBATCH_SHIM_").lower(): v
+        for k, v in env.items()
+        if k.startswith("OPENBATCH_SHIM_")
+        and k.removeprefix("OPENBATCH_SHIM_")
+        not in SHIM_EXTRA_ENV | {"API_KEYS_FILE", "MODELS_FILE"}
+    }
+    ShimSettings.model_validate(settings)
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -426,6 +450,8 @@ def test_shim_deployment_shape(rendered: dict[str, list[Obj]]) -> None:
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert env["OPENBATCH_SHIM_API_KEYS_FILE"] == f"{mounts['api-keys']}/api-keys.json"
     assert env["OPENBATCH_SHIM_TENANTS_FILE"] == f"{mounts['tenants']}/tenants.json"
+    assert env["OPENBATCH_SHIM_MODELS_FILE"] == f"{mounts['routing']}/models.json"
+    assert env["OPENBATCH_SHIM_NAMESPACE"] == NAMESPACE
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     ingress = one(objects, "Ingress", f"{FULLNAME}-shim")

@@ -27,3 +27,12 @@ values named, before anything is installed.
 {{- fail (printf "shim.podDisruptionBudget.minAvailable (%d) must be below shim.replicas (%d), or no node could ever be drained" (int $pdb.minAvailable) (int .Values.shim.replicas)) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.shim.enabled (not .Values.shim.apiKeys.existingSecret) (not .Values.shim.apiKeys.generate) }}
+{{- $any := false }}
+{{- range (include "openbatch.tenantsJson" . | fromJson).tenants }}
+{{- if .apiKeys }}{{ $any = true }}{{ end }}
+{{- end }}
+{{- if not $any }}
+{{- fail "the shim has no API keys (with none it would accept any request): list tenant apiKeys, set shim.apiKeys.generate or shim.apiKeys.existingSecret" }}
+{{- end }}
+{{- end }}
