@@ -151,11 +151,16 @@ rendering anything that is not a Secret). Empty `tenants`: the release namespace
 {{- fail (printf "tenants: namespace %s is listed twice" .namespace) }}
 {{- end }}
 {{- $_ := set $seen .namespace true }}
-{{- $tenants = append $tenants (dict "namespace" .namespace "storage" (dict "bucket" .storage.bucket "prefix" (.storage.prefix | default "") "credentialsSecret" .storage.credentialsSecret) "caps" .caps "allowedModelServerURLs" (.allowedModelServerURLs | default list) "apiKeys" (.apiKeys | default list)) }}
+{{- $tenant := dict "namespace" .namespace "storage" (dict "bucket" .storage.bucket "prefix" (.storage.prefix | default "") "credentialsSecret" .storage.credentialsSecret) "apiKeys" (.apiKeys | default list) }}
+{{- if .caps }}{{ $_ := set $tenant "caps" .caps }}{{ end }}
+{{- /* Absent: the defaults' list applies; given (even empty): it replaces them. */}}
+{{- if hasKey . "allowedModelServerURLs" }}{{ $_ := set $tenant "allowedModelServerURLs" .allowedModelServerURLs }}{{ end }}
+{{- $tenants = append $tenants $tenant }}
 {{- end }}
 {{- else }}
 {{- $d := .Values.defaultTenant }}
 {{- $tenants = list (dict "namespace" .Release.Namespace "storage" (dict "bucket" .Values.storage.bucket "prefix" .Values.storage.prefix "credentialsSecret" (include "openbatch.runnerSecret" .)) "caps" $d.caps "allowedModelServerURLs" $d.allowedModelServerURLs "apiKeys" $d.apiKeys) }}
+{{- if not $d.caps }}{{ $tenants = list (omit (first $tenants) "caps") }}{{ end }}
 {{- end }}
 {{- dict "tenants" $tenants | toJson }}
 {{- end }}
@@ -166,7 +171,29 @@ rendering anything that is not a Secret). Empty `tenants`: the release namespace
 {{- range (include "openbatch.tenantsJson" . | fromJson).tenants }}
 {{- $tenants = append $tenants (omit . "apiKeys") }}
 {{- end }}
-{{- dict "tenants" $tenants | toPrettyJson }}
+{{- $defaults := dict "caps" .Values.tenantDefaults.caps "allowedModelServerURLs" .Values.tenantDefaults.allowedModelServerURLs }}
+{{- dict "tenants" $tenants "defaults" $defaults | toPrettyJson }}
+{{- end }}
+
+{{/* Namespaces that hold a routing-table ConfigMap: the release namespace (operator, shim)
+and every tenant namespace (runner pods mount it from their own), as a JSON list. */}}
+{{- define "openbatch.routingNamespaces" -}}
+{{- prepend (include "openbatch.tenantNamespaces" . | fromJsonArray) .Release.Namespace | uniq | toJson }}
+{{- end }}
+
+{{/* Every base URL of the routing table (entries: a URL, a list, or {urls, apiKeySecret}). */}}
+{{- define "openbatch.routedURLs" -}}
+{{- $urls := list }}
+{{- range $model, $entry := .Values.routing.models }}
+{{- if kindIs "string" $entry }}
+{{- $urls = append $urls $entry }}
+{{- else if kindIs "slice" $entry }}
+{{- $urls = concat $urls $entry }}
+{{- else }}
+{{- $urls = concat $urls $entry.urls }}
+{{- end }}
+{{- end }}
+{{- $urls | toJson }}
 {{- end }}
 
 {{/* Tenant namespaces as a JSON list. */}}
@@ -215,8 +242,7 @@ second DNS label of `svc.ns.svc...`; a bare name is the release namespace) or an
 {{- define "openbatch.routedPeers" -}}
 {{- $peers := list }}
 {{- $seen := dict }}
-{{- range $model, $urls := .Values.routing.models }}
-{{- range $urls }}
+{{- range (include "openbatch.routedURLs" . | fromJsonArray) }}
 {{- $url := urlParse . }}
 {{- $hostport := splitList ":" $url.host }}
 {{- $host := first $hostport }}
@@ -237,7 +263,6 @@ second DNS label of `svc.ns.svc...`; a bare name is the release namespace) or an
 {{- if not (hasKey $seen $key) }}
 {{- $_ := set $seen $key true }}
 {{- $peers = append $peers $peer }}
-{{- end }}
 {{- end }}
 {{- end }}
 {{- $peers | toJson }}
