@@ -6,6 +6,8 @@ Each value set (defaults and every `ci/*.yaml`) is rendered once per session and
 from __future__ import annotations
 
 import base64
+import importlib
+import inspect
 import json
 import re
 from collections.abc import Iterator
@@ -424,7 +426,22 @@ def test_the_runner_job_the_operator_builds_from_the_chart_settings(default: lis
     job.metadata.uid = "uid-1"
     now = datetime.now(UTC)
     where = locations_of(job, settings.storage_root)
-    manifest = build_runner_job(job, where, settings, now + timedelta(hours=24), now)
+    extra: dict[str, Any] = {}
+    if "tenant" in inspect.signature(build_runner_job).parameters:
+        # With tenancy the builder takes the namespace's tenancy, resolved from the chart's
+        # tenants file the way the operator resolves it.
+        tenancy: Any = importlib.import_module("openbatch.tenancy")
+        config = tenancy.parse_tenancy(json.dumps(tenants_file(default)).encode())
+        storage = tenancy.DefaultStorage(
+            bucket=settings.bucket,
+            prefix=settings.prefix,
+            credentials_secret=settings.s3_secret_name,
+        )
+        tenant, refusal = tenancy.tenancy_for(config, NAMESPACE, default_storage=storage)
+        assert refusal is None and tenant.credentials_secret == f"{FULLNAME}-runner-s3"
+        extra["tenant"] = tenant
+        where = locations_of(job, tenant.root)
+    manifest = build_runner_job(job, where, settings, now + timedelta(hours=24), now, **extra)
     pod = manifest["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert container["resources"] == {
