@@ -207,6 +207,9 @@ def main(argv: Sequence[str]) -> int:
     )
     try:
         asyncio.run(_serve(server, args.host, args.port, banner))
+    except KeyboardInterrupt:
+        # uvicorn already shut down cleanly on SIGINT and re-raises it: no traceback.
+        pass
     finally:
         if simulator is not None:
             simulator.terminate()

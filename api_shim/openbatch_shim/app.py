@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openbatch.storage import StorageError, open_uri
+from openbatch_shim import openapi_doc
 from openbatch_shim.backends.base import BatchBackend
 from openbatch_shim.batches_service import BatchService
 from openbatch_shim.errors import (
@@ -197,6 +198,7 @@ def create_app(settings: ShimSettings, services: Services | None = None) -> Fast
         return response
 
     _install_error_handlers(app)
+    openapi_doc.install(app)
     return app
 
 
@@ -230,9 +232,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             error = NotFound(f"Invalid URL ({where})")
         elif exc.status_code == 405:
+            # Every method of the path, not just those of the first route that matched it.
+            allowed = openapi_doc.allowed_methods(request.app, request.url.path)
+            headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
             error = MethodNotAllowed(
                 f"Invalid URL ({where}): this method is not allowed here.",
-                headers={k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"},
+                headers={"allow": ", ".join(allowed)} if allowed else headers,
             )
         else:
             error = ApiError(str(exc.detail))

@@ -205,13 +205,16 @@ class BatchService:
         input_record: FileRecord | None,
     ) -> Batch:
         request = parse_create(body, self._allowed)
-        key = idempotency_header or request.idempotency_key
-        if key is not None:
-            if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        # The header wins over the body, but a bad key is refused wherever it was sent.
+        given = [k for k in (idempotency_header, request.idempotency_key) if k is not None]
+        for candidate in given:
+            if not candidate or len(candidate) > MAX_IDEMPOTENCY_KEY:
                 raise BadRequest(
                     f"Invalid idempotency key: it must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
                     param="idempotency_key",
                 )
+        key = given[0] if given else None
+        if key is not None:
             request = request.model_copy(update={"idempotency_key": key})
         if input_record is not None and input_record.purpose is not FilePurpose.BATCH:
             raise BadRequest(

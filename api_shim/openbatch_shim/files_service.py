@@ -5,6 +5,7 @@ backends. Records of the files a batch wrote come from the batch service (`Outpu
 """
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,11 @@ from openbatch.files import (
 )
 from openbatch.ids import new_file_id
 from openbatch.layout import FILES_DIR, root_join
-from openbatch.resource import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
+from openbatch.resource import (
+    FILE_ID_PATTERN,
+    MAX_EXPIRES_AFTER_SECONDS,
+    MIN_EXPIRES_AFTER_SECONDS,
+)
 from openbatch.storage import ObjectNotFound, ObjectStore, StorageError
 from openbatch.validation import DEFAULT_MAX_BYTES
 from openbatch.wire import FilePurpose
@@ -44,6 +49,12 @@ NOT_JSONL = "Invalid file format for Batch API. Must be .jsonl"
 _BOM = b"\xef\xbb\xbf"
 
 OutputFiles = Callable[[str], Awaitable[list[FileRecord]]]
+_FILE_ID = re.compile(FILE_ID_PATTERN)
+
+
+def well_formed(file_id: str) -> bool:
+    """Only a real file id ever becomes part of a storage key (no NUL bytes, no dots)."""
+    return _FILE_ID.fullmatch(file_id) is not None
 
 
 @dataclass
@@ -232,6 +243,8 @@ class FileService:
         return records
 
     async def get(self, tenant: str, file_id: str) -> FileRecord:
+        if not well_formed(file_id):
+            raise file_not_found(file_id)
         record = await self._read_record(meta_location(self._root, tenant, file_id))
         if record is not None and record.tenant == tenant and not record.expired(time.time()):
             return record
@@ -301,6 +314,8 @@ class FileService:
 
     async def exists_elsewhere(self, tenant: str, file_id: str) -> bool:
         """Whether another tenant has a file with this id (ids are global, 131 random bits)."""
+        if not well_formed(file_id):
+            return False
         prefix = root_join(self._root, FILES_DIR) + "/"
         suffix = f"/{file_id}{META_SUFFIX}"
         keys = await asyncio.to_thread(self._store.list_keys, prefix)
@@ -309,6 +324,8 @@ class FileService:
 
     async def input_location(self, tenant: str, file_id: str) -> FileRecord | None:
         """The record of an input file the tenant may use, or None (missing, expired, other)."""
+        if not well_formed(file_id):
+            return None
         record = await self._read_record(meta_location(self._root, tenant, file_id))
         if record is None or record.tenant != tenant or record.expired(time.time()):
             return None

@@ -624,3 +624,67 @@ def test_dockerignore_keeps_the_distribution_sources() -> None:
     for dropped in (".venv/bin/python", ".git/HEAD", "tests/unit/test_x.py", "docs/x.md"):
         assert _ignored(dropped, rules), dropped
     assert _ignored("openbatch/__pycache__/x.cpython-312.pyc", rules)
+
+
+# --------------------------------------------------------------------------- the shim image
+
+SHIM_DOCKERFILE = ROOT / "api_shim" / "Dockerfile"
+
+
+@pytest.fixture(scope="module")
+def shim() -> Dockerfile:
+    return parse_dockerfile(SHIM_DOCKERFILE)
+
+
+def test_the_shim_dockerfile_is_found() -> None:
+    assert SHIM_DOCKERFILE in DOCKERFILES, DOCKERFILE_IDS
+
+
+def test_shim_entrypoint_is_the_module(shim: Dockerfile) -> None:
+    entrypoints = shim.final.of("ENTRYPOINT")
+    assert entrypoints, "the shim image has no ENTRYPOINT"
+    assert _exec_form(entrypoints[-1]) == ["python", "-m", "openbatch_shim"], entrypoints[-1].args
+    assert (ROOT / "api_shim" / "openbatch_shim" / "__main__.py").is_file()
+
+
+def test_shim_installs_the_shim_extra(shim: Dockerfile) -> None:
+    installs = [
+        ins.args
+        for stage in shim.stages[:-1]
+        for ins in stage.of("RUN")
+        if "pip install" in ins.args
+    ]
+    assert any("[shim]" in args for args in installs), installs
+    assert all("--no-cache-dir" in args for args in installs), installs
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert "shim" in extras, sorted(extras)
+    assert "openbatch_shim" in _declared_packages()
+
+
+def test_shim_final_stage_copies_only_from_stages(shim: Dockerfile) -> None:
+    from_context = [c for c in shim.final.copies() if c.from_stage is None]
+    assert not from_context, f"the final stage copies from the build context: {from_context}"
+    assert all("pip" not in ins.args for ins in shim.final.of("RUN"))
+
+
+def test_shim_listens_where_it_says(shim: Dockerfile) -> None:
+    exposed = {w for ins in shim.final.of("EXPOSE") for w in ins.args.split()}
+    env = shim.final.env()
+    # The settings read OPENBATCH_SHIM_PORT; the image exposes the same port, on all
+    # interfaces (a container's loopback is unreachable from the Service).
+    assert exposed == {"8000"}, exposed
+    assert env.get("OPENBATCH_SHIM_PORT") == "8000", env
+    assert env.get("OPENBATCH_SHIM_HOST") == "0.0.0.0", env
+    assert env.get("PYTHONUNBUFFERED") == "1", env
+    # A read-only root filesystem with an emptyDir at /tmp: local state goes there.
+    assert env.get("OPENBATCH_SHIM_DATA_DIR", "").startswith("/tmp/"), env
+    workdirs = shim.final.of("WORKDIR")
+    assert workdirs and workdirs[-1].args.strip().rstrip("/") == "/tmp"
+
+
+def test_shim_labels(shim: Dockerfile) -> None:
+    text = " ".join(ins.args for ins in shim.final.of("LABEL"))
+    for key in ("source", "title", "description", "licenses"):
+        assert f"org.opencontainers.image.{key}=" in text, key
+    assert 'org.opencontainers.image.title="openbatch-shim"' in text

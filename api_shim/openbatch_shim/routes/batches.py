@@ -5,6 +5,14 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 
+from openbatch.resource import (
+    FILE_ID_PATTERN,
+    MAX_EXPIRES_AFTER_SECONDS,
+    MAX_METADATA_KEY_LENGTH,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE_LENGTH,
+    MIN_EXPIRES_AFTER_SECONDS,
+)
 from openbatch.wire import Batch, ListBatchesResponse
 from openbatch_shim.app import Services, services_of, tenant_of
 from openbatch_shim.batches_service import SUPPORTED_ENDPOINTS
@@ -24,21 +32,31 @@ _CREATE_BODY = {
                     "type": "object",
                     "required": ["input_file_id", "endpoint", "completion_window"],
                     "properties": {
-                        "input_file_id": {"type": "string"},
+                        "input_file_id": {"type": "string", "pattern": FILE_ID_PATTERN},
                         "endpoint": {"type": "string", "enum": SUPPORTED_ENDPOINTS},
                         "completion_window": {"type": "string", "enum": ["24h"]},
                         "metadata": {
                             "type": ["object", "null"],
-                            "additionalProperties": {"type": "string"},
+                            "maxProperties": MAX_METADATA_PAIRS,
+                            "propertyNames": {"maxLength": MAX_METADATA_KEY_LENGTH},
+                            "additionalProperties": {
+                                "type": "string",
+                                "maxLength": MAX_METADATA_VALUE_LENGTH,
+                            },
                         },
                         "output_expires_after": {
                             "type": "object",
+                            "required": ["anchor", "seconds"],
                             "properties": {
                                 "anchor": {"type": "string", "enum": ["created_at"]},
-                                "seconds": {"type": "integer"},
+                                "seconds": {
+                                    "type": "integer",
+                                    "minimum": MIN_EXPIRES_AFTER_SECONDS,
+                                    "maximum": MAX_EXPIRES_AFTER_SECONDS,
+                                },
                             },
                         },
-                        "idempotency_key": {"type": "string"},
+                        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 256},
                     },
                 }
             }

@@ -1,0 +1,124 @@
+"""B9: upload and download of a large batch file through the shim vs straight to S3.
+
+`openbatch serve` with its storage on SeaweedFS (OPENBATCH_SHIM_STORAGE_ROOT=s3://…, the
+OPENBATCH_S3_* credentials) against a direct S3 PUT/GET (the minio client) of the same
+bytes to the same SeaweedFS, in the same run. Throughput ratio target ≥ 0.8. The shim
+process's peak RSS (VmHWM, a fresh process per size) target ≤ 100 MB and flat when the file
+doubles (100 MB and 200 MB).
+
+    python -m bench.b9_shim_transfer [--sizes 100,200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+
+def write_jsonl_of_size(path: Path, size: int) -> int:
+    """Chat lines of ~1 KB until the file has `size` bytes (the last line is cut to fit)."""
+    pad = "x" * 900
+    written = 0
+    with path.open("wb") as f:
+        i = 0
+        while written < size:
+            line = {
+                "custom_id": f"req-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "bench", "messages": [{"role": "user", "content": pad}]},
+            }
+            data = orjson.dumps(line) + b"\n"
+            f.write(data[: size - written])
+            written += min(len(data), size - written)
+            i += 1
+    return written
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="100,200", help="file sizes in MB (10^6 bytes)")
+    args = parser.parse_args()
+
+    import openai
+
+    from tests.fixtures.s3 import SeaweedServer, unique_bucket_name
+    from tests.fixtures.shim import start_serve
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        seaweed = SeaweedServer(tmp / "seaweed")
+        seaweed.start()
+        try:
+            os.environ.update(seaweed.env())
+            bucket = seaweed.make_bucket(unique_bucket_name("b9"))
+            minio = seaweed.client()
+            for mb in (int(s) for s in args.sizes.split(",")):
+                path = tmp / f"in-{mb}.jsonl"
+                size = write_jsonl_of_size(path, mb * 1_000_000)
+
+                started = time.monotonic()
+                minio.fput_object(bucket, f"direct/{mb}.jsonl", str(path))
+                s3_put = time.monotonic() - started
+                started = time.monotonic()
+                minio.fget_object(bucket, f"direct/{mb}.jsonl", str(tmp / f"direct-{mb}.out"))
+                s3_get = time.monotonic() - started
+
+                os.environ["OPENBATCH_SHIM_STORAGE_ROOT"] = f"s3://{bucket}/shim-{mb}"
+                serve = start_serve(tmp / f"serve-{mb}", models={"bench": "http://127.0.0.1:9/v1"})
+                try:
+                    client = openai.OpenAI(base_url=serve.base_url, api_key="b", max_retries=0)
+                    started = time.monotonic()
+                    with path.open("rb") as f:
+                        uploaded = client.files.create(file=f, purpose="batch")
+                    shim_put = time.monotonic() - started
+                    assert uploaded.bytes == size, uploaded
+                    target = tmp / f"shim-{mb}.out"
+                    started = time.monotonic()
+                    with (
+                        client.files.with_streaming_response.content(uploaded.id) as response,
+                        target.open("wb") as out,
+                    ):
+                        for chunk in response.iter_bytes(1 << 20):
+                            out.write(chunk)
+                    shim_get = time.monotonic() - started
+                    assert target.stat().st_size == size
+                    rss = peak_rss_mb(serve.process.pid)
+                finally:
+                    serve.stop()
+                for name in (f"direct-{mb}.out", f"shim-{mb}.out"):
+                    (tmp / name).unlink()
+                rows.append((mb, size, s3_put, shim_put, s3_get, shim_get, rss))
+                print(f"  {mb} MB done", flush=True)
+        finally:
+            seaweed.stop()
+
+    print(
+        "| file | S3 PUT | shim upload | ratio | S3 GET | shim download | ratio | shim peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for mb, size, s3_put, shim_put, s3_get, shim_get, rss in rows:
+        mbps = size / 1e6
+        print(
+            f"| {mb} MB | {mbps / s3_put:.0f} MB/s | {mbps / shim_put:.0f} MB/s | "
+            f"**{s3_put / shim_put:.2f}** | {mbps / s3_get:.0f} MB/s | {mbps / shim_get:.0f} MB/s"
+            f" | **{s3_get / shim_get:.2f}** | {rss:.1f} MB |"
+        )
+    print("ratio = shim throughput / direct S3 throughput (target ≥ 0.8); RSS target ≤ 100 MB")
+
+
+if __name__ == "__main__":
+    main()
