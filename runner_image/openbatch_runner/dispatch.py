@@ -6,6 +6,8 @@
 * Every attempt goes to a server that is up (`servers.HealthMonitor`); a retry prefers
   another server than the one that just failed it. A no-answer result from a server that
   is down (an outage) costs the line no attempt: the line waits for a server instead.
+  Before a line is failed for getting no answer on its last attempt, its server is probed:
+  if the probe gets no answer either, the server is down and the line waits.
 * A line's total backoff is bounded (`max_retry_wait`); past it the last answer is final.
 * No line vanishes: whatever goes wrong while handling one ends as an error line.
 """
@@ -187,7 +189,7 @@ class Dispatcher:
             job.sent += reply.sent
             verdict = self._monitor.record(server, reply.kind, reply.detail, now, job.index)
             self._observe(reply, now - started, now)
-            self._settle(job, reply, server, verdict)
+            await self._settle(job, reply, server, verdict)
         except asyncio.CancelledError:
             raise  # the grace period ran out: the line is resumed later or written as unrun
         except Exception as exc:  # no line may vanish
@@ -196,15 +198,24 @@ class Dispatcher:
             if holding:
                 self._window.release()
 
-    def _settle(self, job: LineJob, reply: Reply, server: Server, verdict: Verdict) -> None:
+    async def _settle(self, job: LineJob, reply: Reply, server: Server, verdict: Verdict) -> None:
         job.last = server
+        retry = should_retry(reply.kind, reply.status, job.attempts + 1, self._policy)
+        if (
+            verdict is Verdict.FAILED
+            and not retry
+            and job.free < MAX_FREE_RETRIES
+            and not self._stopping
+            and await self._monitor.confirm_down(server, reply.detail)
+        ):
+            verdict = Verdict.OUTAGE  # no answer on the last attempt, and none to a probe
         if verdict is Verdict.OUTAGE and job.free < MAX_FREE_RETRIES and not self._stopping:
             job.free += 1  # the server's outage, not the line's failure: no attempt spent
             self._ready.append(job)
             self._wake.set()
             return
         job.attempts += 1
-        if should_retry(reply.kind, reply.status, job.attempts, self._policy):
+        if retry:
             if self._stopping:
                 self._drop(job)  # not finished: resumed later, or written as unrun
                 return

@@ -188,6 +188,24 @@ class HealthMonitor:
         self._sync()
         return verdict
 
+    async def confirm_down(self, server: Server, detail: str) -> bool:
+        """Before a line is failed for getting no answer: is its server there at all?
+        True if it is not (it is now out of rotation, and the line should wait instead)."""
+        if server.health is Health.DOWN:
+            return True
+        error = await self._probe(server.base_url)
+        if error is None:
+            return False  # the server answers: the line's failure is its own
+        if server.health is Health.UP:
+            self.pool.mark_down(server, asyncio.get_running_loop().time(), detail)
+            self._say(
+                f"model server {server.base_url} stopped answering ({detail}; probe: {error}); "
+                f"dispatch to it paused, probing it ({len(self.pool.up)} other server(s) up)"
+            )
+            self._watch(server)
+            self._sync()
+        return True
+
     async def pick(self, avoid: Server | None = None) -> Server | None:
         """A server that is up; waits while none is. None once closed; raises
         `OutageTimeout` when every server stayed down for the outage timeout."""
