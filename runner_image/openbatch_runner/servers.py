@@ -136,7 +136,7 @@ class HealthMonitor:
         outage_timeout: float,
         say: Callable[[str], None],
         probe_interval: float = 0.5,
-        max_probe_interval: float = 5.0,
+        max_probe_interval: float = 2.0,
     ) -> None:
         self.pool = pool
         self._probe = probe
