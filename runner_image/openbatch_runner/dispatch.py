@@ -27,7 +27,7 @@ from openbatch.usage import ZERO_USAGE
 from openbatch_runner.client import ModelClient
 from openbatch_runner.outcome import LineResult, error_line, result_line
 from openbatch_runner.reply import Reply
-from openbatch_runner.retry import RetryPolicy, backoff_delay, should_retry
+from openbatch_runner.retry import RetryPolicy, backoff_delay, counts_as_step, should_retry
 from openbatch_runner.servers import HealthMonitor, Server, Verdict
 from openbatch_runner.window import Window
 
@@ -52,6 +52,7 @@ class LineJob:
     attempts: int = 0  # counted against max_attempts
     sent: int = 0  # requests sent (or tried), outage retries included: what errors report
     waited: float = 0.0  # seconds of backoff so far
+    steps: int = 0  # failures without a Retry-After: the exponent of the backoff
     free: int = 0  # attempts not counted because their server was down
     last: Server | None = None
 
@@ -187,7 +188,9 @@ class Dispatcher:
             self._window.release()
             holding = False
             job.sent += reply.sent
-            verdict = self._monitor.record(server, reply.kind, reply.detail, now, job.index)
+            verdict = self._monitor.record(
+                server, reply.kind, reply.detail, now, line=job.index, sent_at=started
+            )
             self._observe(reply, now - started, now)
             await self._settle(job, reply, server, verdict)
         except asyncio.CancelledError:
@@ -219,7 +222,9 @@ class Dispatcher:
             if self._stopping:
                 self._drop(job)  # not finished: resumed later, or written as unrun
                 return
-            delay = backoff_delay(job.attempts, self._policy, reply.retry_after, self._rng)
+            if counts_as_step(reply.retry_after):
+                job.steps += 1
+            delay = backoff_delay(job.steps, self._policy, reply.retry_after, self._rng)
             if job.waited + delay <= self._max_retry_wait:
                 job.waited += delay
                 self._schedule(job, delay)

@@ -1,12 +1,13 @@
 """The model servers of a run and their health: which one takes the next request.
 
 An outage is a property of a server, not of the lines sent to it (issue 7). A server that
-stops answering (connection refused or reset, timeouts) for `eject_after` different lines
-in a row, with no answer in between, is taken out of rotation (one line failing again and
-again is that line's problem, not an outage): requests go to the other servers, a probe
-watches it, and it comes back when the probe (or a late reply) gets an answer. Any HTTP
-answer counts as one, even a 500: the server is reachable and its errors are the lines'
-business (retried per line).
+stops answering (connection refused or reset, timeouts) for `eject_after` different lines,
+with no answer from it since any of those requests was sent, is taken out of rotation.
+One line failing again and again is that line's problem, and so is a request that hung
+while the server kept answering others (its timeout arrives long after those answers).
+Requests go to the other servers, a probe watches the ejected one, and it comes back when
+the probe (or a late reply) gets an answer. Any HTTP answer counts as one, even a 500: the
+server is reachable and its errors are the lines' business (retried per line).
 
 The decisions are pure (`ServerPool`); time comes in as an argument. `HealthMonitor` adds
 the asyncio side: waiting while no server is up, probing the ejected ones, and giving up
@@ -35,6 +36,7 @@ class Server:
     base_url: str
     health: Health = Health.UP
     failing_lines: set[int] = field(default_factory=set)  # lines without answer in a row
+    last_answer: float = float("-inf")  # when the server last answered anything
     down_since: float | None = None
     last_error: str = ""
     ejections: int = 0
@@ -88,11 +90,21 @@ class ServerPool:
         return fallback
 
     def record(
-        self, server: Server, kind: AttemptKind, detail: str, now: float, line: int
+        self,
+        server: Server,
+        kind: AttemptKind,
+        detail: str,
+        now: float,
+        *,
+        line: int,
+        sent_at: float,
     ) -> Verdict:
         if kind not in NO_ANSWER:
+            server.last_answer = now
             self.mark_up(server, now)
             return Verdict.ANSWERED
+        if server.last_answer >= sent_at and server.health is Health.UP:
+            return Verdict.FAILED  # it answered others meanwhile: this request's own failure
         server.failing_lines.add(line)
         server.last_error = detail
         if server.health is Health.UP and len(server.failing_lines) >= self.eject_after:
@@ -172,10 +184,17 @@ class HealthMonitor:
         self._sync()
 
     def record(
-        self, server: Server, kind: AttemptKind, detail: str, now: float, line: int
+        self,
+        server: Server,
+        kind: AttemptKind,
+        detail: str,
+        now: float,
+        *,
+        line: int,
+        sent_at: float,
     ) -> Verdict:
         was = server.health
-        verdict = self.pool.record(server, kind, detail, now, line)
+        verdict = self.pool.record(server, kind, detail, now, line=line, sent_at=sent_at)
         if was is Health.UP and server.health is Health.DOWN:
             others = len(self.pool.up)
             self._say(

@@ -57,17 +57,31 @@ def test_ejection_after_no_answer_for_several_lines(
     a = pool.servers[0]
     verdict = None
     for line, kind in results:
-        verdict = pool.record(a, kind, "detail", 1.0, line)
+        verdict = pool.record(a, kind, "detail", 1.0, line=line, sent_at=0.5)
     assert (a.health, verdict) == (health, last_verdict)
+
+
+def test_hung_requests_timing_out_together_do_not_eject_a_server_that_answers() -> None:
+    """Regression (B10): timeouts expire in one sweep; the server answered others since."""
+    pool = ServerPool.of(["a"])
+    a = pool.servers[0]
+    pool.record(a, AttemptKind.OK, "", 3.0, line=0, sent_at=2.9)  # answers keep coming ...
+    for line in range(1, 6):  # ... while requests sent at 1.0 time out at 3.1
+        verdict = pool.record(a, AttemptKind.TIMEOUT, "t", 3.1, line=line, sent_at=1.0)
+        assert verdict is Verdict.FAILED
+    assert pool.up == [a]
+    for line in range(6, 9):  # requests sent after the last answer get none: down
+        pool.record(a, AttemptKind.TIMEOUT, "t", 6.0, line=line, sent_at=4.0)
+    assert pool.up == []
 
 
 def test_a_late_answer_brings_a_server_back() -> None:
     pool = ServerPool.of(["a"])
     a = pool.servers[0]
     for line in range(3):
-        pool.record(a, REFUSED, "refused", 5.0, line)
+        pool.record(a, REFUSED, "refused", 5.0, line=line, sent_at=4.9)
     assert pool.all_down_since == 5.0 and pool.pick() is None
-    assert pool.record(a, AttemptKind.OK, "", 6.0, 9) is Verdict.ANSWERED
+    assert pool.record(a, AttemptKind.OK, "", 6.0, line=9, sent_at=5.9) is Verdict.ANSWERED
     assert a.health is Health.UP and pool.all_down_since is None
 
 
