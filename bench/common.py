@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +54,19 @@ def write_chat_input(path: Path, n: int, content_bytes: int = 40, model: str = "
     return path.stat().st_size
 
 
-def measure(argv: list[str], env: dict[str, str] | None = None) -> Measured:
-    """Run `argv` to completion and return its own CPU time and peak RSS."""
+def measure(
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    during: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> Measured:
+    """Run `argv` to completion and return its own CPU time and peak RSS; `during`, if
+    given, runs in this process meanwhile (e.g. to stop and restart a model server)."""
     err_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-stderr-{os.getpid()}.txt"
     with err_path.open("w+") as err:
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        if during is not None:
+            during(proc)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -77,3 +85,25 @@ def measure(argv: list[str], env: dict[str, str] | None = None) -> Measured:
 
 def openbatch_argv(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "openbatch"), *args]
+
+
+def count_lines(path: Path) -> int:
+    """Lines of a result file (0 when it was not written: nothing of that kind)."""
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+def error_codes(path: Path) -> dict[str, int]:
+    """How many error lines have each `error.code` (or HTTP status)."""
+    counts: dict[str, int] = {}
+    if not path.exists():
+        return counts
+    with path.open("rb") as f:
+        for raw in f:
+            line = orjson.loads(raw)
+            error = line.get("error")
+            key = error["code"] if error else f"http_{line['response']['status_code']}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts

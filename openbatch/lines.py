@@ -52,6 +52,7 @@ class LineErrorCode:
     REQUEST_TIMEOUT = "request_timeout"
     CONNECTION_ERROR = "connection_error"
     INVALID_RESPONSE = "invalid_response"
+    RUNNER_ERROR = "runner_error"  # the runner failed to handle the line (a bug): counted failed
 
 
 LINE_ERROR_MESSAGES: dict[str, str] = {

@@ -32,6 +32,9 @@ DEFAULT_TERM_GRACE = 20.0  # ... and after SIGTERM (Kubernetes gives 30 s by def
 DEFAULT_LOG_INTERVAL = 10.0
 DEFAULT_RETRY_BASE_DELAY = 0.5
 DEFAULT_RETRY_MAX_DELAY = 30.0
+DEFAULT_MAX_RETRY_AFTER = 120.0  # a server's Retry-After is honoured up to this per attempt
+DEFAULT_MAX_RETRY_WAIT = 600.0  # a line's backoff waits add up to at most this
+DEFAULT_OUTAGE_TIMEOUT = 300.0  # every model server down this long: commit and exit 1
 
 # Kubernetes expands $(VAR) in container args from the container's env; the Job controller
 # sets JOB_COMPLETION_INDEX for every pod of an Indexed Job.
@@ -107,6 +110,9 @@ class RunnerArgs:
     no_finalize: bool = False
     retry_base_delay: float = DEFAULT_RETRY_BASE_DELAY
     retry_max_delay: float = DEFAULT_RETRY_MAX_DELAY
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
+    outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
     http_client: HttpClientKind = HttpClientKind.RAW
     # Accepted on the command line for people; programs pass it as OPENBATCH_API_KEY, and
     # to_argv never writes it.
@@ -415,6 +421,31 @@ def build_run_parser(prog: str = "openbatch run") -> argparse.ArgumentParser:
         help=f"cap of the exponential backoff ({DEFAULT_RETRY_MAX_DELAY:g})",
     )
     p.add_argument(
+        "--max-retry-after",
+        type=_non_negative_float,
+        default=DEFAULT_MAX_RETRY_AFTER,
+        metavar="SECONDS",
+        help="a server's Retry-After (or retry-after-ms) is honoured up to this per attempt "
+        f"({DEFAULT_MAX_RETRY_AFTER:g})",
+    )
+    p.add_argument(
+        "--max-retry-wait",
+        type=_non_negative_float,
+        default=DEFAULT_MAX_RETRY_WAIT,
+        metavar="SECONDS",
+        help="a line's backoff waits add up to at most this; past it the last answer is "
+        f"final ({DEFAULT_MAX_RETRY_WAIT:g})",
+    )
+    p.add_argument(
+        "--outage-timeout",
+        type=_positive_float,
+        default=DEFAULT_OUTAGE_TIMEOUT,
+        metavar="SECONDS",
+        help="when no model server has answered for this long, commit and exit 1 so a rerun "
+        "resumes later; lines waiting for a server spend no attempts "
+        f"({DEFAULT_OUTAGE_TIMEOUT:g})",
+    )
+    p.add_argument(
         "--http-client",
         type=HttpClientKind,
         choices=list(HttpClientKind),
@@ -457,6 +488,9 @@ def parse_run_argv(argv: Sequence[str]) -> RunnerArgs:
         no_finalize=ns.no_finalize,
         retry_base_delay=ns.retry_base_delay,
         retry_max_delay=ns.retry_max_delay,
+        max_retry_after=ns.max_retry_after,
+        max_retry_wait=ns.max_retry_wait,
+        outage_timeout=ns.outage_timeout,
         http_client=ns.http_client,
         api_key=ns.api_key,
     )

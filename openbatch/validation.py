@@ -23,6 +23,9 @@ the constants below:
 * unsupported batch endpoint: `invalid_request`, param `endpoint`, line null,
   "The endpoint '<e>' is not supported; supported endpoints are /v1/chat/completions,
   /v1/completions, /v1/embeddings and /v1/responses."
+* a body the runner cannot delimit in the raw line (it forwards the body's exact bytes,
+  see `openbatch.request_body`): `invalid_request`, param `body`,
+  "The request body cannot be forwarded to the model server unchanged: <reason>."
 * `empty_file`, `too_many_requests`, `file_too_large`: see `EMPTY_FILE_MESSAGE` and the
   message builders below.
 
@@ -65,6 +68,7 @@ from pydantic import BaseModel
 from openbatch.custom_ids import CustomIdSet
 from openbatch.endpoints import ENDPOINT_TITLES, REQUIRED_BODY_FIELDS, Endpoint
 from openbatch.jsonl import OversizedLine, line_size
+from openbatch.request_body import BodySpanError, body_span
 from openbatch.wire import BatchError, BatchErrors
 
 DEFAULT_MAX_LINES = 50_000  # contract §4.2: at most 50,000 requests per batch
@@ -144,6 +148,10 @@ def duplicate_custom_id_message(custom_id: str) -> str:
 
 def line_too_large_message(size: int, max_line_bytes: int) -> str:
     return f"This line is {size} bytes; the maximum is {max_line_bytes} bytes per line."
+
+
+def unforwardable_body_message(reason: str) -> str:
+    return f"The request body cannot be forwarded to the model server unchanged: {reason}."
 
 
 def too_many_requests_message(max_lines: int) -> str:
@@ -352,6 +360,10 @@ class StreamingValidator:
         error = self._envelope_error(obj) or self._body_error(obj["body"])
         if error is not None:
             return error
+        try:
+            body_span(line)  # the runner forwards these exact bytes
+        except BodySpanError as exc:
+            return ErrorCode.INVALID_REQUEST, "body", unforwardable_body_message(str(exc))
         return self._batch_error(obj["body"]["model"], obj["custom_id"], is_new_id)
 
     def _envelope_error(self, obj: dict[str, Any]) -> _LineError | None:

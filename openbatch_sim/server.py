@@ -10,7 +10,11 @@ request through an `x_sim` object in the request body:
 
 applies the fault to the first `times` attempts carrying `key` (no `times`: every attempt;
 no `key`: every request). Optional `retry_after` and `hang_seconds` override the configured
-values for that request. `/sim/stats`, `/sim/reset`, `/sim/config`, `/metrics` (vLLM-style
+values for that request; `"echo": true` puts the request body's exact bytes (as text) in
+the answer's `x_sim_request` field, so tests can see what a client really sent. The fault
+`not_object` answers 200 with the JSON array `[1, 2]`. `max_waiting` (config) makes
+overload real: a request arriving while that many already wait for a slot gets a 429.
+`/sim/stats`, `/sim/reset`, `/sim/config`, `/metrics` (vLLM-style
 queue gauges), `/v1/models` and `/health` make it observable and reconfigurable at runtime.
 
 Run it as `openbatch sim` (or `python -m openbatch_sim --port 0`); it prints `READY http://HOST:PORT`
@@ -40,7 +44,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-FAULTS = frozenset({"429", "500", "503", "400", "hang", "drop", "invalid_json"})
+FAULTS = frozenset({"429", "500", "503", "400", "hang", "drop", "invalid_json", "not_object"})
 EMBEDDING_DIMENSIONS = 8
 DEFAULT_MODEL_NAME = "sim"  # what /v1/models and /metrics show when any model is accepted
 _JSON = "application/json"
@@ -65,6 +69,7 @@ class SimConfig:
     models: list[str] = field(default_factory=list)  # empty: any model is served
     seed: int = 0
     api_key: str = ""  # non-empty: requests need `Authorization: Bearer <api_key>` (else 401)
+    max_waiting: int = -1  # >= 0: a 429 for a request arriving while this many wait for a slot
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,7 +90,7 @@ _FLOAT_FIELDS = frozenset(
     }
 )
 _PROBABILITY_FIELDS = frozenset(f for f in _FLOAT_FIELDS if f.startswith("p_"))
-_INT_FIELDS = frozenset({"slots", "completion_tokens", "seed"})
+_INT_FIELDS = frozenset({"slots", "completion_tokens", "seed", "max_waiting"})
 # Random faults in the order their probabilities are stacked on one uniform draw.
 _RANDOM_FAULTS = ("429", "500", "503", "hang", "drop", "invalid_json")
 
@@ -352,8 +357,9 @@ class ModelSim:
         key = self.config.api_key
         if key and request.headers.get("Authorization") != f"Bearer {key}":
             return _error(401, "Incorrect API key provided.", headers, code="invalid_api_key")
+        raw_body = await request.read()
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw_body)
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict):
@@ -404,6 +410,14 @@ class ModelSim:
             if early is not None:
                 return early
 
+        if fault == "not_object":
+            return web.Response(body=b"[1, 2]", content_type=_JSON, headers=headers)
+        max_waiting = self.config.max_waiting
+        if 0 <= max_waiting <= self.pool.waiting and self.pool.running >= self.pool.capacity:
+            return await self._early_fault("429", headers, retry_after, hang_seconds) or _error(
+                429, "overloaded", headers
+            )
+
         if service_time is None:
             service_time = self.config.service_time
         jitter = self.config.service_jitter
@@ -417,7 +431,10 @@ class ModelSim:
         try:
             if service_time > 0:
                 await asyncio.sleep(service_time)
-            payload = orjson.dumps(build(body, model))
+            answer = build(body, model)
+            if isinstance(x_sim, dict) and x_sim.get("echo") is True:
+                answer["x_sim_request"] = raw_body.decode("utf-8", errors="replace")
+            payload = orjson.dumps(answer)
         finally:
             pool.release()
             # Slot-seconds actually spent: a loaded event loop oversleeps, and benchmarks
@@ -961,6 +978,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="", help="comma-separated; empty accepts any model")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--api-key", default=d.api_key, help="require this bearer token (401 else)")
+    p.add_argument(
+        "--max-waiting", type=int, default=d.max_waiting, help="429 beyond this queue (-1: off)"
+    )
     p.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",

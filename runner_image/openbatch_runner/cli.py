@@ -142,6 +142,9 @@ def config_from_args(args: RunnerArgs) -> RunConfig:
         finalize=not args.no_finalize and args.shards == 1,
         retry_base_delay=args.retry_base_delay,
         retry_max_delay=args.retry_max_delay,
+        max_retry_after=args.max_retry_after,
+        max_retry_wait=args.max_retry_wait,
+        outage_timeout=args.outage_timeout,
         http_client=args.http_client,
     )
 

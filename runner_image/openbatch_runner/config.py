@@ -12,6 +12,9 @@ from openbatch.runner_args import (
     DEFAULT_LOG_INTERVAL,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_OUTAGE_TIMEOUT,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_BASE_DELAY,
@@ -52,4 +55,7 @@ class RunConfig:
     finalize: bool = True
     retry_base_delay: float = DEFAULT_RETRY_BASE_DELAY
     retry_max_delay: float = DEFAULT_RETRY_MAX_DELAY
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
+    outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
     http_client: HttpClientKind = HttpClientKind.RAW  # B1: a third of aiohttp's CPU per request

@@ -22,7 +22,6 @@ from openbatch.jsonl import is_blank, iter_lines
 from openbatch.layout import cancel_key, progress_key, validation_key
 from openbatch.lines import LineErrorCode
 from openbatch.progress import InputFingerprint, ProgressRecord, RunState
-from openbatch.routing import endpoint_url
 from openbatch.runner_args import ExitCode
 from openbatch.storage import LocalStore, ObjectStore, StorageError, open_uri
 from openbatch.usage import to_batch_usage
@@ -31,12 +30,15 @@ from openbatch_runner.aimd import AimdController
 from openbatch_runner.client import ModelClient, make_client
 from openbatch_runner.committer import Committer, scan_committed
 from openbatch_runner.config import RunConfig
+from openbatch_runner.dispatch import Dispatcher
 from openbatch_runner.finalize import finalize
-from openbatch_runner.outcome import result_line, unrun_line
+from openbatch_runner.outcome import LineResult, unrun_line
 from openbatch_runner.parts import CorruptPart
+from openbatch_runner.probe import probe
 from openbatch_runner.progress_view import ProgressView, Snapshot
 from openbatch_runner.reply import Reply
-from openbatch_runner.retry import AttemptKind, RetryPolicy, backoff_delay, should_retry
+from openbatch_runner.retry import AttemptKind, RetryPolicy
+from openbatch_runner.servers import HealthMonitor, OutageTimeout, ServerPool
 from openbatch_runner.source import DigestReader, content_digest, shard_lines, take
 from openbatch_runner.window import Window
 from openbatch_runner.workdir import ShardCountMismatch, check_shard_count
@@ -46,6 +48,7 @@ READ_BATCH = 512
 # exits anyway (storage may be down, and what is not committed is simply run again).
 TERM_MARGIN = 5.0
 _CANCEL_WAIT = 1.0  # part of the margin: how long an abandoned run may take to unwind
+PROBE_TIMEOUT = 10.0  # seconds a health probe waits for a model server's answer
 OVERLOAD_STATUSES = frozenset({429, 503})
 
 
@@ -55,6 +58,7 @@ class StopReason(StrEnum):
     TERM = "term"
     INTERRUPT = "interrupt"
     SUPERSEDED = "superseded"  # another runner finished this shard
+    OUTAGE = "outage"  # no model server answered for --outage-timeout
 
 
 class UsageError(Exception):
@@ -77,15 +81,15 @@ class Runner:
             max_attempts=cfg.max_attempts,
             base_delay=cfg.retry_base_delay,
             max_delay=cfg.retry_max_delay,
+            max_retry_after=cfg.max_retry_after,
         )
         self.record = ProgressRecord(
             state=RunState.VALIDATING, shard=cfg.shard, shards=cfg.shards, started_at=time.time()
         )
         self.live_completed = 0
         self.live_failed = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._urls: list[str] = []
-        self._rr = 0
+        self.outage_message = ""
         self._unrun_written = 0
         self.aimd: AimdController | None = None
         self.window: Window | None = None
@@ -284,6 +288,16 @@ class Runner:
         if self.superseded_by is not None:
             return ExitCode.DONE  # the shard is done; its record and finalize are not ours
         reason = self.stop_reason
+        if reason is StopReason.OUTAGE and self.terminated is None:
+            # Not the lines' fault: nothing was marked failed; a Job retry resumes later.
+            self.record.state = RunState.INTERRUPTED
+            self.record.message = self.outage_message
+            await self._write_progress()
+            self.view.message(
+                f"error: {self.outage_message}; committed {committer.done.count()} lines; "
+                f"rerun the same command to resume"
+            )
+            return ExitCode.INFRASTRUCTURE
         if reason in (StopReason.CANCEL, StopReason.DEADLINE) and self.terminated is None:
             await self._write_unrun(reason)
         if self.terminated is not None:
@@ -437,6 +451,9 @@ class Runner:
 
     # ----------------------------------------------------------------- dispatch
     async def _dispatch_all(self) -> None:
+        """Hand every line of the shard to the dispatcher (`dispatch`), which schedules
+        attempts, retries and outages; this side feeds it lines and applies backpressure
+        when commits fall behind."""
         cfg = self.cfg
         committer = self.committer
         self.aimd = (
@@ -450,29 +467,65 @@ class Runner:
             api_key=cfg.api_key,
             max_connections=(cfg.max_concurrency if cfg.adaptive else cfg.concurrency) * 2,
         )
+        probe_timeout = min(PROBE_TIMEOUT, cfg.request_timeout)
+
+        async def probe_server(base_url: str) -> str | None:
+            return await probe(base_url, probe_timeout, cfg.api_key)
+
+        self.monitor = HealthMonitor(
+            ServerPool.of(self._urls),
+            probe_server,
+            outage_timeout=cfg.outage_timeout,
+            say=self.view.message,
+        )
+        self.dispatcher = dispatcher = Dispatcher(
+            client=self.client,
+            monitor=self.monitor,
+            window=window,
+            policy=self.policy,
+            max_retry_wait=cfg.max_retry_wait,
+            deliver=self._deliver,
+            observe=self._observe,
+            # Lines taken but not finished (in flight or waiting to retry) are bounded, so
+            # memory stays flat even when most lines are backing off.
+            max_live=max(4 * (cfg.max_concurrency if cfg.adaptive else cfg.concurrency), 256),
+            say=self.view.message,
+            rng=self.rng,
+        )
+        stopper = asyncio.create_task(self._stop_dispatch_on_stop())
         reader = await asyncio.to_thread(self.in_store.open_read, self.in_key)
         lines = shard_lines(reader, cfg.shard, cfg.shards, skip=committer.done)
-        try:
-            while self.stop_reason is None:
-                batch = await asyncio.to_thread(take, lines, READ_BATCH)
-                if not batch:
-                    break
+
+        async def read_batch() -> list[tuple[int, bytes]]:
+            if committer.failure is not None:
+                raise committer.failure
+            while committer.pending >= max_pending and self.stop_reason is None:
+                await committer.wait_committed()
                 if committer.failure is not None:
                     raise committer.failure
-                for index, raw in batch:
-                    while committer.pending >= max_pending and self.stop_reason is None:
-                        await committer.wait_committed()
-                        if committer.failure is not None:
-                            raise committer.failure
-                    await window.acquire()
-                    if self.stop_reason is not None:
-                        window.release()
-                        break
-                    task = asyncio.create_task(self._run_line(index, raw))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            return await asyncio.to_thread(take, lines, READ_BATCH)
+
+        try:
+            await self.monitor.check_all()
+            await dispatcher.run(read_batch)
+        except OutageTimeout as exc:
+            self.outage_message = str(exc)
+            self.request_stop(StopReason.OUTAGE)
         finally:
+            stopper.cancel()
             await asyncio.to_thread(reader.close)
+
+    async def _stop_dispatch_on_stop(self) -> None:
+        await self.stop_event.wait()
+        self.dispatcher.stop()
+        await self.monitor.close()
+
+    def _deliver(self, index: int, result: LineResult) -> None:
+        if result.ok:
+            self.live_completed += 1
+        else:
+            self.live_failed += 1
+        self.committer.add(index, result)
 
     async def _drain(self) -> None:
         """Wait for in-flight lines; after a stop, only for the grace period."""
@@ -489,47 +542,15 @@ class Runner:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(idle), grace)
-            for task in list(self._tasks):
+            tasks = self.dispatcher.tasks
+            for task in list(tasks):
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             idle.cancel()
             stop.cancel()
+            self.dispatcher.stop()
+            await self.monitor.close()
             await self.client.close()
-
-    async def _run_line(self, index: int, raw: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            obj = orjson.loads(raw)
-            custom_id: str = obj["custom_id"]
-            body = orjson.dumps(obj["body"])
-            path: str = obj["url"]
-            attempt = 0
-            while True:
-                attempt += 1
-                base = self._urls[self._rr % len(self._urls)]
-                self._rr += 1
-                started = loop.time()
-                reply = await self.client.post(endpoint_url(base, path), body)
-                self._observe(reply, loop.time() - started, loop.time())
-                if should_retry(reply.kind, reply.status, attempt, self.policy):
-                    if self.stop_reason is not None:
-                        return  # not finished: resumed later, or written as unrun
-                    delay = backoff_delay(attempt, self.policy, reply.retry_after, self.rng)
-                    try:
-                        await asyncio.wait_for(self.stop_event.wait(), delay)
-                        return
-                    except TimeoutError:
-                        continue
-                result = result_line(custom_id, reply, attempt)
-                if result.ok:
-                    self.live_completed += 1
-                else:
-                    self.live_failed += 1
-                self.committer.add(index, result)
-                return
-        finally:
-            if self.window is not None:
-                self.window.release()
 
     def _observe(self, reply: Reply, latency: float, now: float) -> None:
         aimd = self.aimd

@@ -509,15 +509,17 @@ class RawHttpClient:
         loop = asyncio.get_running_loop()
         request = b"".join((target.head, str(len(body)).encode(), target.tail, body))
         pool = target.pool
+        sends = [0]  # requests written, counted by _exchange (a stale connection adds one)
         try:
-            result = await self._exchange(pool, request, loop)
+            result = await self._exchange(pool, request, loop, sends)
         except TimeoutError:
             # Waiting for a pool slot or connecting used up the deadline (or connect_timeout).
-            return Reply(AttemptKind.TIMEOUT, detail=self._timeout_detail)
+            return Reply(AttemptKind.TIMEOUT, detail=self._timeout_detail, sent=max(1, sends[0]))
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake, client closed
             return Reply(
                 AttemptKind.CONNECTION,
                 detail=f"cannot connect to the model server at {pool.host}:{pool.port}: {exc!r}",
+                sent=max(1, sends[0]),
             )
         if isinstance(result, Reply):
             return result
@@ -526,15 +528,20 @@ class RawHttpClient:
         raw = conn.body()
         headers = conn.headers
         pool.release(conn, loop.time())
-        if 200 <= status < 300:
-            return ok_reply(status, raw, headers.lookup)
-        return error_reply(status, raw, headers.lookup)
+        reply = (
+            ok_reply(status, raw, headers.lookup)
+            if 200 <= status < 300
+            else error_reply(status, raw, headers.lookup)
+        )
+        reply.sent = sends[0]
+        return reply
 
     async def _exchange(
-        self, pool: _Pool, request: bytes, loop: asyncio.AbstractEventLoop
+        self, pool: _Pool, request: bytes, loop: asyncio.AbstractEventLoop, sends: list[int]
     ) -> _Connection | Reply:
         """Send `request` and wait for its response: the connection holding a complete
-        response (the caller releases it), or a Reply saying why there is none."""
+        response (the caller releases it), or a Reply saying why there is none.
+        `sends[0]` counts the requests written (what the error line reports)."""
         now = loop.time()
         deadline = now + self._request_timeout
         conn = pool.take_idle(now)
@@ -548,6 +555,7 @@ class RawHttpClient:
             if self._sweeper is None:
                 self._sweeper = loop.call_later(self._tick, self._sweep)
             waiter: asyncio.Future[None] = loop.create_future()
+            sends[0] += 1
             conn.send(request, waiter)
             try:
                 await waiter
@@ -562,7 +570,7 @@ class RawHttpClient:
                 return conn
             if conn.timed_out:
                 pool.discard(conn)
-                return Reply(AttemptKind.TIMEOUT, detail=self._timeout_detail)
+                return Reply(AttemptKind.TIMEOUT, detail=self._timeout_detail, sent=sends[0])
             if conn.uses > 1 and not conn.received and not retried:
                 # A pooled connection the server closed while it sat idle (keep-alive
                 # timeout, restart) fails before any response byte. That is not the model
@@ -577,7 +585,7 @@ class RawHttpClient:
                 conn = await pool.connect(deadline)
                 continue
             pool.discard(conn)
-            return Reply(AttemptKind.CONNECTION, detail=conn.error)
+            return Reply(AttemptKind.CONNECTION, detail=conn.error, sent=sends[0])
 
     def _sweep(self) -> None:
         """Time out the requests whose deadline passed; re-arm while any are in flight."""

@@ -36,20 +36,26 @@ _NO_ANSWER_CODES = {
 
 
 def result_line(custom_id: str, reply: Reply, attempts: int) -> LineResult:
+    """`attempts` is the number of requests sent for the line (what its error message says)."""
     if reply.kind is AttemptKind.OK or reply.kind is AttemptKind.HTTP_ERROR:
         response = {
             "status_code": reply.status,
             "request_id": reply.request_id or new_request_id(),
             "body": reply.body,
         }
-        data = orjson.dumps(
-            {
-                "id": new_request_line_id(),
-                "custom_id": custom_id,
-                "response": response,
-                "error": None,
-            }
-        )
+        try:
+            data = orjson.dumps(
+                {
+                    "id": new_request_line_id(),
+                    "custom_id": custom_id,
+                    "response": response,
+                    "error": None,
+                }
+            )
+        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
+            message = f"the model server's answer cannot be stored: {exc}"
+            line = error_line(custom_id, LineErrorCode.INVALID_RESPONSE, message)
+            return LineResult(False, False, line, ZERO_USAGE)
         ok = reply.kind is AttemptKind.OK
         return LineResult(ok, False, data + b"\n", usage_of(reply.body) if ok else ZERO_USAGE)
     code = _NO_ANSWER_CODES[reply.kind]

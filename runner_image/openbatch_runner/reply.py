@@ -27,6 +27,7 @@ class Reply:
     request_id: str | None = None
     retry_after: float | None = None
     detail: str = ""  # why there was no usable answer, for the error line
+    sent: int = 1  # requests written for this attempt (2 when a stale connection was replaced)
 
 
 def http_error_body(status: int, raw: bytes) -> dict[str, Any]:
@@ -53,6 +54,16 @@ def ok_reply(status: int, raw: bytes, header: HeaderGetter) -> Reply:
             status=status,
             request_id=request_id,
             detail=f"the model server answered {status} with a body that is not JSON: {snippet!r}",
+        )
+    if type(parsed) is not dict:
+        # Every endpoint answers an object; `[1,2]` or `"ok"` is a broken server, not a result.
+        snippet = raw[:200].decode("utf-8", errors="replace")
+        return Reply(
+            AttemptKind.INVALID_BODY,
+            status=status,
+            request_id=request_id,
+            detail=f"the model server answered {status} with JSON that is not an object: "
+            f"{snippet!r}",
         )
     return Reply(AttemptKind.OK, status=status, body=parsed, request_id=request_id)
 

@@ -56,18 +56,27 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def backoff_delay(
-    attempt: int, policy: RetryPolicy, retry_after: float | None, rng: random.Random
+    step: int, policy: RetryPolicy, retry_after: float | None, rng: random.Random
 ) -> float:
-    """Delay before attempt `attempt + 1` (attempts count from 1).
+    """Delay before the next attempt.
 
-    Full jitter on an exponential ceiling spreads retries of many lines so they do not hit a
-    recovering server in lockstep; a server's Retry-After is a floor, not a suggestion.
+    A server that says when to come back (a positive Retry-After / retry-after-ms) is taken
+    at its word, up to `max_retry_after`, plus up to 10 % so that lines it turned away
+    together do not return in lockstep (the OpenAI SDK also waits exactly Retry-After).
+    Otherwise: full jitter on an exponential ceiling, where `step` counts this line's
+    failures that came without a Retry-After (from 1), so a 429 that asked for 50 ms does
+    not stretch the wait after a later 500.
     """
-    ceiling = min(policy.max_delay, policy.base_delay * (2 ** (attempt - 1)))
-    delay = rng.uniform(ceiling / 2, ceiling)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, policy.max_retry_after))
-    return delay
+    if retry_after is not None and retry_after > 0:
+        wait = min(retry_after, policy.max_retry_after)
+        return rng.uniform(wait, wait * 1.1)
+    ceiling = min(policy.max_delay, policy.base_delay * (2 ** (max(step, 1) - 1)))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def counts_as_step(retry_after: float | None) -> bool:
+    """Whether a failure grows the exponential backoff (it did not say when to retry)."""
+    return retry_after is None or retry_after <= 0
 
 
 def should_retry(kind: AttemptKind, status: int | None, attempt: int, policy: RetryPolicy) -> bool:

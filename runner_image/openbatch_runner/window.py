@@ -1,4 +1,7 @@
-"""A resizable in-flight window: at most `limit` requests are out at once."""
+"""A resizable in-flight window: at most `limit` requests are out at once.
+
+A slot is held for one HTTP attempt only, never while a line waits out a backoff.
+"""
 
 import asyncio
 from collections import deque
@@ -12,6 +15,7 @@ class Window:
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._idle: asyncio.Event | None = None
+        self._closed = False
 
     @property
     def in_flight(self) -> int:
@@ -25,8 +29,9 @@ class Window:
         self._limit = max(1, limit)
         self._wake()
 
-    async def acquire(self) -> None:
-        while self._in_flight >= self._limit:
+    async def acquire(self) -> bool:
+        """Take a slot; False (and no slot) once the window is closed."""
+        while self._in_flight >= self._limit and not self._closed:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
             try:
@@ -35,7 +40,18 @@ class Window:
                 if fut in self._waiters:
                     self._waiters.remove(fut)
                 raise
+        if self._closed:
+            return False
         self._in_flight += 1
+        return True
+
+    def close(self) -> None:
+        """Stop handing out slots and wake every waiter (a stop was requested)."""
+        self._closed = True
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
 
     def release(self) -> None:
         self._in_flight -= 1

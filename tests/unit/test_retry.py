@@ -6,6 +6,7 @@ from openbatch_runner.retry import (
     AttemptKind,
     RetryPolicy,
     backoff_delay,
+    counts_as_step,
     is_retryable,
     parse_retry_after,
     should_retry,
@@ -68,9 +69,13 @@ def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
         assert len(set(delays)) > 100  # jittered, not lockstep
 
 
-def test_retry_after_is_a_floor_but_capped() -> None:
+def test_retry_after_is_honoured_as_given_but_capped() -> None:
     policy = RetryPolicy(base_delay=0.5, max_delay=4.0, max_retry_after=60)
     rng = random.Random(0)
-    assert backoff_delay(1, policy, 7.0, rng) == 7.0
-    assert backoff_delay(1, policy, 3600.0, rng) == 60.0
-    assert backoff_delay(4, policy, 0.01, rng) >= 2.0
+    assert 7.0 <= backoff_delay(1, policy, 7.0, rng) <= 7.7
+    assert 60.0 <= backoff_delay(1, policy, 3600.0, rng) <= 66.0
+    # The server asked for 10 ms: no exponential wait on top, whatever the step.
+    assert 0.01 <= backoff_delay(4, policy, 0.01, rng) <= 0.011
+    # Retry-After: 0 says nothing about when: the exponential backoff applies.
+    assert 1.0 <= backoff_delay(3, policy, 0.0, rng) <= 2.0
+    assert counts_as_step(None) and counts_as_step(0.0) and not counts_as_step(0.05)

@@ -167,6 +167,9 @@ def _every_field_changed() -> RunnerArgs:
         no_finalize=True,
         retry_base_delay=0.01,
         retry_max_delay=0.02,
+        max_retry_after=4.5,
+        max_retry_wait=60,
+        outage_timeout=30,
         http_client=HttpClientKind.AIOHTTP,
     )
 
