@@ -101,6 +101,9 @@ class Observed:
     admitted_elsewhere: int = 0  # other batches holding a slot (admitted, not terminal)
     ahead_in_queue: int = 0  # waiting batches that start before this one
     max_concurrent: int = 8
+    namespace_full: bool = False  # the namespace holds its cap of slots (tenancy)
+    # Why the tenancy policy refuses this batch (`openbatch.tenancy.preflight`), or None.
+    refusal: str | None = None
     output_file_id: str = ""  # the ids this batch's files get, if they are written
     error_file_id: str = ""
 
@@ -183,7 +186,13 @@ class _Builder:
             generation=self.gen,
         )
 
-    def phase(self, phase: Phase, message: str, warning: bool = False) -> Decision:
+    def phase(
+        self,
+        phase: Phase,
+        message: str,
+        warning: bool = False,
+        reason: ConditionReason | None = None,
+    ) -> Decision:
         st = self.status
         st.phase = phase
         st.message = message
@@ -200,7 +209,7 @@ class _Builder:
             setattr(st, stamp, self.now)
         if phase in TERMINAL_PHASES:
             ok = phase is Phase.COMPLETED
-            reason = {
+            reason = reason or {
                 Phase.COMPLETED: ConditionReason.COMPLETED,
                 Phase.EXPIRED: ConditionReason.EXPIRED,
                 Phase.CANCELLED: ConditionReason.CANCELLED,
@@ -266,6 +275,9 @@ def _apply_result(b: _Builder, result: FinalResult, obs: Observed) -> Decision:
     # timestamps, as OpenAI's do (in_progress_at <= finalizing_at <= completed_at).
     if result.state is not RunState.FAILED and st.in_progress_time is None:
         st.in_progress_time = b.now
+    if result.state is not RunState.FAILED:
+        # Finished between two polls: the input was valid all the same.
+        b.condition(ConditionType.VALIDATED, True, ConditionReason.VALID, "input is valid")
     if st.finalizing_time is None:
         st.finalizing_time = b.now
     summary = (
@@ -301,6 +313,14 @@ def _admit(b: _Builder, obs: Observed) -> bool:
     if obs.runner.exists:  # admitted before an operator restart lost the status write
         b.condition(ConditionType.ADMITTED, True, ConditionReason.ADMITTED, "runner exists")
         return True
+    if obs.namespace_full:
+        b.condition(
+            ConditionType.ADMITTED,
+            False,
+            ConditionReason.QUEUED,
+            "waiting for a slot: this namespace already runs its maximum number of batches",
+        )
+        return False
     if obs.admitted_elsewhere + obs.ahead_in_queue < obs.max_concurrent:
         b.condition(ConditionType.ADMITTED, True, ConditionReason.ADMITTED, "slot granted")
         return True
@@ -326,6 +346,16 @@ def _runner_failure_message(obs: Observed) -> str:
     return "; ".join(parts)
 
 
+def observes_storage(job: BatchJob, runner: RunnerState) -> bool:
+    """Whether a reconcile needs the batch's progress records and result (object storage
+    reads). A batch still waiting for admission has none to read: its runner never ran. So
+    a thousand queued batches cost no storage requests (docs/security.md, capacity)."""
+    if runner.exists or job.status.runner_job_name is not None:
+        return True
+    admitted = job.status.condition(ConditionType.ADMITTED)
+    return admitted is not None and admitted.status is ConditionStatus.TRUE
+
+
 def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa: PLR0911, PLR0912
     b = _Builder(job, now)
     st = b.status
@@ -345,6 +375,10 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
     started = obs.runner.exists or st.runner_job_name is not None
     if job.spec.cancel and not started:
         return b.phase(Phase.CANCELLED, "cancelled before any request was sent")
+    if obs.refusal is not None and not started:
+        message = f"refused by the tenancy policy: {obs.refusal}"
+        b.condition(ConditionType.VALIDATED, False, ConditionReason.POLICY_VIOLATION, message)
+        return b.phase(Phase.FAILED, message, warning=True, reason=ConditionReason.POLICY_VIOLATION)
     if deadline is not None and now >= deadline and not started:
         return b.phase(
             Phase.EXPIRED, "completion window expired before the batch started", warning=True

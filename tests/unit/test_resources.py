@@ -8,12 +8,14 @@ from typing import Any
 from openbatch.lifecycle import child_name
 from openbatch.locations import locations_of
 from openbatch.resource import BatchJob
+from openbatch.tenancy import TenancyConfig, resolve_tenant
 from openbatch_operator.port import job_state
 from openbatch_operator.resources import build_finalize_job, build_runner_job, model_server_url
 from openbatch_operator.settings import OperatorSettings
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SETTINGS = OperatorSettings(bucket="ob", runner_image="registry.local/runner:1")
+TENANT = resolve_tenant(TenancyConfig(), "team-a", default_storage=SETTINGS.default_storage)
 
 
 def job(**spec: Any) -> BatchJob:
@@ -41,7 +43,9 @@ def container(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def test_runner_job_is_locked_down() -> None:
     j = job()
-    m = build_runner_job(j, locations_of(j, "s3://ob"), SETTINGS, NOW + timedelta(hours=1), NOW)
+    m = build_runner_job(
+        j, locations_of(j, "s3://ob"), SETTINGS, NOW + timedelta(hours=1), NOW, TENANT
+    )
     assert m["metadata"]["name"] == "nightly-runner"
     assert m["metadata"]["ownerReferences"][0] == {
         "apiVersion": "openbatch.dev/v1alpha1",
@@ -79,7 +83,7 @@ def test_runner_job_is_locked_down() -> None:
 def test_runner_args_point_at_the_batch_locations() -> None:
     j = job(concurrency={"maxInFlight": 7, "adaptive": True, "maxAttempts": 2})
     where = locations_of(j, "s3://ob")
-    args = container(build_runner_job(j, where, SETTINGS, NOW, NOW))["args"]
+    args = container(build_runner_job(j, where, SETTINGS, NOW, NOW, TENANT))["args"]
     assert args[:2] == ["run", "s3://ob/files/team-a/file-abc"]
     assert args[args.index("--work-dir") + 1] == where.work_uri
     assert where.work_uri.startswith("s3://ob/batches/team-a/")
@@ -93,7 +97,7 @@ def test_runner_args_point_at_the_batch_locations() -> None:
 def test_model_server_override() -> None:
     j = job(modelServer={"serviceRef": {"name": "vllm", "port": 8000}})
     assert model_server_url(j, SETTINGS) == "http://vllm.team-a.svc.cluster.local:8000/v1"
-    m = build_runner_job(j, locations_of(j, "s3://ob"), SETTINGS, NOW, NOW)
+    m = build_runner_job(j, locations_of(j, "s3://ob"), SETTINGS, NOW, NOW, TENANT)
     args = container(m)["args"]
     assert args[args.index("--base-url") + 1].startswith("http://vllm.team-a")
     assert "--models" not in args
@@ -103,12 +107,12 @@ def test_model_server_override() -> None:
 
 def test_sharded_batch_is_an_indexed_job() -> None:
     j = job(parallelism=3)
-    m = build_runner_job(j, locations_of(j, "s3://ob"), SETTINGS, NOW, NOW)
+    m = build_runner_job(j, locations_of(j, "s3://ob"), SETTINGS, NOW, NOW, TENANT)
     assert m["spec"]["completionMode"] == "Indexed"
     assert m["spec"]["completions"] == 3 == m["spec"]["parallelism"]
     args = container(m)["args"]
     assert args[args.index("--shard") + 1] == "$(JOB_COMPLETION_INDEX)/3"
-    fin = build_finalize_job(j, locations_of(j, "s3://ob"), SETTINGS)
+    fin = build_finalize_job(j, locations_of(j, "s3://ob"), SETTINGS, TENANT)
     assert fin["metadata"]["name"] == "nightly-finalize"
     fargs = container(fin)["args"]
     assert fargs[:2] == ["finalize", "--work-dir"] and fargs[fargs.index("--shards") + 1] == "3"
