@@ -49,11 +49,16 @@ def runner_args_for(
     shard_from_job_index: bool = False,
     grace_period: float = DEFAULT_GRACE_PERIOD,
     commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+    max_in_flight: int | None = None,
 ) -> RunnerArgs:
-    """The runner command of one shard of `job` (every shard when `shard_from_job_index`)."""
+    """The runner command of one shard of `job` (every shard when `shard_from_job_index`).
+
+    `max_in_flight` is the batch's ceiling when the tenancy clamps it
+    (`openbatch.tenancy.effective_max_in_flight`); by default the spec's."""
     spec = job.spec
     concurrency = spec.concurrency
-    share = shard_share(concurrency.max_in_flight, spec.parallelism)
+    ceiling = concurrency.max_in_flight if max_in_flight is None else max_in_flight
+    share = shard_share(ceiling, spec.parallelism)
     return RunnerArgs(
         input=where.input_uri,
         output=where.output_uri,

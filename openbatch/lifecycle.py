@@ -46,6 +46,7 @@ _PASSED_VALIDATION = frozenset(
 )
 
 
+MAX_MESSAGE = 4096  # a message this module writes from outside text
 MAX_NAME = 63  # a Kubernetes object name (DNS label), and so every child name
 
 
@@ -344,6 +345,31 @@ def _runner_failure_message(obs: Observed) -> str:
     if last:
         parts.append(f"last runner message: {last}")
     return "; ".join(parts)
+
+
+def invalid_spec_status(
+    current: BatchJobStatus, message: str, now: datetime, generation: int | None
+) -> BatchJobStatus:
+    """The status of a BatchJob that does not parse: Failed, saying why, nothing run. The
+    CRD's schema refuses such objects in a cluster; an emulator or an older CRD may not."""
+    status = current.model_copy(deep=True)
+    text = f"the BatchJob is invalid: {message}"[:MAX_MESSAGE]
+    status.phase = Phase.FAILED
+    status.message = text
+    status.failed_time = status.failed_time or now
+    for type_ in (ConditionType.VALIDATED, ConditionType.FAILED):
+        set_condition(
+            status,
+            type_=type_,
+            state=ConditionStatus.FALSE
+            if type_ is ConditionType.VALIDATED
+            else ConditionStatus.TRUE,
+            reason=ConditionReason.INVALID_SPEC,
+            message=text,
+            now=now,
+            generation=generation,
+        )
+    return status
 
 
 def observes_storage(job: BatchJob, runner: RunnerState) -> bool:

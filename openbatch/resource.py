@@ -272,6 +272,9 @@ class ConditionReason(StrEnum):
     # The spec breaks this namespace's tenancy policy (input outside its storage root, a
     # refused model-server URL, a cap): failed before a runner started (docs/security.md).
     POLICY_VIOLATION = "PolicyViolation"
+    # The object breaks the CRD's schema (it bypassed the API server's validation, or the
+    # CRD is older than the operator): failed with the first schema error.
+    INVALID_SPEC = "InvalidSpec"
 
 
 class Condition(KubeModel):

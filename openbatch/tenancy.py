@@ -15,9 +15,11 @@ into the operator; `OPENBATCH_OPERATOR_TENANTS_FILE` names the file):
 - `storage`: the tenant's root `s3://<bucket>/<prefix>` (its files, work dirs and results all
   live below it; inputs a BatchJob names must too) and the Secret *in the tenant's namespace*
   (keys `accessKey`, `secretKey`) holding a credential the platform scoped to that root.
-- `caps` (each optional): a BatchJob asking for more `concurrency.maxInFlight`,
-  `parallelism` or `priority` than its namespace's cap fails before a runner starts
-  (refused, not clamped); `maxRunningBatches` bounds the admission slots one namespace holds.
+- `caps` (each optional): `maxInFlight` is clamped (a ceiling: the spec's default of 64 must
+  work in every namespace); a BatchJob asking for more `parallelism` or `priority` than its
+  cap fails before a runner starts (explicit asks; parallelism also fixes the shard layout,
+  which a clamp would silently change if the caps changed while it ran);
+  `maxRunningBatches` bounds the admission slots one namespace holds.
 - `allowedModelServerURLs`: host patterns a direct `spec.modelServer.url` may use (default
   none). A tenant's field, when given, replaces the default's; caps merge field by field.
 
@@ -223,21 +225,27 @@ def input_refusal(job: BatchJob, tenant: ResolvedTenant) -> str | None:
     return None
 
 
+def effective_max_in_flight(job: BatchJob, caps: Caps) -> int:
+    """The batch's ceiling of requests in flight: its spec, clamped to the namespace's cap."""
+    asked = job.spec.concurrency.max_in_flight
+    return asked if caps.max_in_flight is None else min(asked, caps.max_in_flight)
+
+
 def caps_refusal(job: BatchJob, caps: Caps) -> str | None:
     """Why the spec asks for more than the namespace's caps allow, or None."""
     spec = job.spec
     asked = (
-        ("concurrency.maxInFlight", spec.concurrency.max_in_flight, caps.max_in_flight),
         ("parallelism", spec.parallelism, caps.max_parallelism),
         ("priority", spec.priority, caps.max_priority),
     )
     for field, value, cap in asked:
         if cap is not None and value > cap:
             return f"spec.{field} {value} exceeds this namespace's cap of {cap}"
-    if spec.parallelism > spec.concurrency.max_in_flight:
+    ceiling = effective_max_in_flight(job, caps)
+    if spec.parallelism > ceiling:
         return (
-            f"spec.parallelism {spec.parallelism} exceeds spec.concurrency.maxInFlight "
-            f"{spec.concurrency.max_in_flight}: maxInFlight is the whole batch's ceiling"
+            f"spec.parallelism {spec.parallelism} exceeds the batch's maxInFlight of "
+            f"{ceiling}: maxInFlight is the whole batch's ceiling"
         )
     return None
 

@@ -23,12 +23,13 @@ from openbatch.lifecycle import (
     Decision,
     Observed,
     finalize_job_name,
+    invalid_spec_status,
     observes_storage,
     reconcile,
     runner_job_name,
 )
 from openbatch.locations import locations_of
-from openbatch.resource import GROUP, PLURAL, VERSION, BatchJob
+from openbatch.resource import GROUP, PLURAL, VERSION, BatchJob, BatchJobStatus, Phase
 from openbatch.routing import RoutingTable
 from openbatch.tenancy import (
     ResolvedTenant,
@@ -37,7 +38,7 @@ from openbatch.tenancy import (
     preflight,
     resolve_tenant,
 )
-from openbatch_operator.errors import InvalidResource, OperatorError, to_kopf
+from openbatch_operator.errors import OperatorError, to_kopf
 from openbatch_operator.metrics import Metrics
 from openbatch_operator.port import ClusterPort, StoragePort
 from openbatch_operator.resources import build_finalize_job, build_runner_job
@@ -221,7 +222,8 @@ async def reconcile_once(
         try:
             job = BatchJob.model_validate(raw)
         except ValidationError as exc:
-            raise InvalidResource(f"BatchJob {namespace}/{name} is not valid: {exc}") from exc
+            await _fail_invalid(raw, exc, state)
+            return None
         if job.status.phase in TERMINAL_PHASES:
             return None
         cfg = state.settings
@@ -262,6 +264,27 @@ async def reconcile_once(
                 state.admitted.discard(key)
         await _apply(job, raw, decision, state, now, tenant)
         return decision
+
+
+async def _fail_invalid(raw: dict[str, Any], exc: ValidationError, state: State) -> None:
+    """A BatchJob that does not parse fails with the first schema error (nothing runs)."""
+    meta = raw.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
+    try:
+        current = BatchJobStatus.model_validate(raw.get("status") or {})
+    except ValidationError:
+        current = BatchJobStatus()
+    if current.phase in TERMINAL_PHASES:
+        return
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    reason = f"{where}: {first.get('msg')}"
+    now = datetime.now(UTC)
+    status = invalid_spec_status(current, reason, now, meta.get("generation"))
+    _log.info("BatchJob %s/%s: -> Failed: %s", namespace, name, status.message)
+    await state.cluster.post_event(raw, "Warning", Phase.FAILED.value, status.message or "", now)
+    body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    await state.cluster.patch_status(namespace, name, body)
 
 
 async def _apply(  # noqa: PLR0917

@@ -16,7 +16,12 @@ from openbatch.resource import API_VERSION, KIND, BatchJob
 from openbatch.routing import RoutingTable
 from openbatch.runner_args import FINAL_EXIT_CODES, api_key_env
 from openbatch.secret_ref import SecretKeyRef
-from openbatch.tenancy import CREDENTIALS_ACCESS_KEY, CREDENTIALS_SECRET_KEY, ResolvedTenant
+from openbatch.tenancy import (
+    CREDENTIALS_ACCESS_KEY,
+    CREDENTIALS_SECRET_KEY,
+    ResolvedTenant,
+    effective_max_in_flight,
+)
 from openbatch_operator.settings import OperatorSettings
 
 PLATFORM_KEY_KEY = "apiKey"  # key of OPENBATCH_OPERATOR_MODEL_SERVER_API_KEY_SECRET
@@ -175,7 +180,11 @@ def _pod_template(  # noqa: PLR0917
 
 
 def runner_args(
-    job: BatchJob, where: BatchLocations, settings: OperatorSettings, deadline: datetime
+    job: BatchJob,
+    where: BatchLocations,
+    settings: OperatorSettings,
+    deadline: datetime,
+    max_in_flight: int | None = None,
 ) -> list[str]:
     url = model_server_url(job, settings)
     target = (
@@ -191,6 +200,7 @@ def runner_args(
         shard_from_job_index=True,
         grace_period=settings.runner_grace_seconds,
         commit_interval=settings.commit_interval_seconds,
+        max_in_flight=max_in_flight,
     ).to_argv()
 
 
@@ -237,7 +247,7 @@ def build_runner_job(  # noqa: PLR0917
             job,
             settings,
             "runner",
-            runner_args(job, where, settings, deadline),
+            runner_args(job, where, settings, deadline, effective_max_in_flight(job, tenant.caps)),
             routed,
             storage_env(settings, tenant) + model_key_env(job, settings, routing),
         ),

@@ -7,6 +7,7 @@ in docs/operator.md.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -156,7 +157,9 @@ def test_kubectl_apply_example_completes(cluster: Cluster, tmp_path: Path) -> No
     if not cluster.seaweed.client().bucket_exists(source["bucket"]):
         cluster.seaweed.make_bucket(source["bucket"])  # the example's own bucket, unchanged
     cluster.upload(source["key"], _lines(120), bucket=source["bucket"])
-    cluster.start_operator()
+    # Inputs must lie inside the namespace's storage root (docs/security.md): here the
+    # single-tenant root is the example's bucket.
+    cluster.start_operator(bucket=source["bucket"])
     path = tmp_path / "example.yaml"
     path.write_text(yaml.safe_dump(example))
     cluster.kube.kubectl("apply", "-n", cluster.kube.namespace, "-f", str(path))
@@ -389,11 +392,16 @@ def test_admission_limit_queues_the_second_batch(cluster: Cluster, tmp_path: Pat
 def test_batch_against_llama_cpp(cluster: Cluster, tmp_path: Path, llama_server: Any) -> None:
     """The operator's path end to end against real model-server software (llama.cpp)."""
     cluster.upload("llama.jsonl", [llama_chat_line(i) for i in range(16)])
+    # llama.cpp listens on loopback, which a spec's modelServer.url may never name
+    # (docs/security.md): the platform routes to it instead.
+    routes = {"models": {MODEL: [cluster.sim.base_url], "tiny": [llama_server.base_url]}}
+    cluster.kube.patch(
+        "configmaps", "openbatch-routing", {"data": {"models.json": json.dumps(routes)}}
+    )
     cluster.start_operator()
     manifest = cluster.batchjob(
         "llama",
         "llama.jsonl",
-        modelServer={"url": llama_server.base_url},
         concurrency={"maxInFlight": 4, "requestTimeoutSeconds": 60},
     )
     cluster.apply(manifest, tmp_path)

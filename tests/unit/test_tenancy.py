@@ -23,6 +23,7 @@ from openbatch.tenancy import (
     TenancyConfig,
     UnknownTenant,
     caps_refusal,
+    effective_max_in_flight,
     input_refusal,
     parse_tenancy,
     preflight,
@@ -210,19 +211,33 @@ def test_preflight_covers_url_and_caps() -> None:
     ("spec", "refused"),
     [
         ({"concurrency": {"maxInFlight": 256}, "parallelism": 4, "priority": 10}, None),
-        ({"concurrency": {"maxInFlight": 257}}, "maxInFlight 257 exceeds"),
+        ({"concurrency": {"maxInFlight": 4096}}, None),  # clamped, not refused
         ({"parallelism": 5}, "parallelism 5 exceeds"),
         ({"priority": 11}, "priority 11 exceeds"),
         ({"priority": -1000}, None),
-        ({"concurrency": {"maxInFlight": 2}, "parallelism": 3}, "exceeds spec.concurrency"),
+        ({"concurrency": {"maxInFlight": 2}, "parallelism": 3}, "maxInFlight of 2"),
     ],
 )
-def test_caps_are_refused_not_clamped(spec: dict[str, Any], refused: str | None) -> None:
+def test_parallelism_and_priority_caps_are_refused(
+    spec: dict[str, Any], refused: str | None
+) -> None:
     a = resolve_tenant(CONFIG, "team-a", default_storage=None)
     reason = caps_refusal(job(**spec), a.caps)
     assert (reason is None) == (refused is None)
     if refused:
         assert refused in (reason or "")
+
+
+def test_max_in_flight_is_clamped_to_the_cap() -> None:
+    a = resolve_tenant(CONFIG, "team-a", default_storage=None)
+    assert effective_max_in_flight(job(concurrency={"maxInFlight": 4096}), a.caps) == 256
+    assert effective_max_in_flight(job(concurrency={"maxInFlight": 8}), a.caps) == 8
+    j = job(concurrency={"maxInFlight": 4096}, parallelism=4)
+    where = locations_of(j, a.root)
+    args = runner_args_for(
+        j, where, ModelTarget(routing_file="/r.json"), deadline=NOW, max_in_flight=256
+    )
+    assert args.concurrency == 64 == args.max_concurrency  # 256 / 4 shards
 
 
 def test_a_refused_batch_fails_before_any_runner() -> None:
@@ -428,3 +443,14 @@ def test_a_batch_that_finished_between_two_polls_is_validated() -> None:
     assert d.status.phase is Phase.COMPLETED
     validated = d.status.condition(ConditionType.VALIDATED)
     assert validated is not None and validated.status is ConditionStatus.TRUE
+
+
+def test_an_unparseable_batchjob_fails_with_the_schema_error() -> None:
+    from openbatch.lifecycle import invalid_spec_status
+    from openbatch.resource import BatchJobStatus
+
+    st = invalid_spec_status(BatchJobStatus(), "spec.modelServer.url: bad" + "x" * 9000, NOW, 1)
+    assert st.phase is Phase.FAILED and st.failed_time == NOW
+    failed = st.condition(ConditionType.FAILED)
+    assert failed is not None and failed.reason == "InvalidSpec"
+    assert len(st.message or "") <= 4096
