@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -448,6 +449,13 @@ def test_the_operator_entrypoint_runs_batches(cluster: Cluster, tmp_path: Path) 
         status = cluster.wait_phase("entry", TERMINAL)["status"]
         assert status["phase"] == "Completed", status
         assert status["requestCounts"]["completed"] == 20
+        # Issue 7, item 18: the configuration at start-up and every phase change, at INFO.
+        text = (tmp_path / "operator.log").read_text()
+        assert "openbatch operator settings:" in text and "single-tenant mode" in text
+        changed = rf"BatchJob {cluster.kube.namespace}/entry: \w+ -> Completed: completed"
+        assert re.search(changed, text), text[-3000:]
+        assert cluster.seaweed.secret_key not in text  # no secret values, ever
+        assert "Handler 'on_change' succeeded" not in text  # kopf's chatter stays below INFO
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -457,3 +465,25 @@ def test_the_operator_entrypoint_runs_batches(cluster: Cluster, tmp_path: Path) 
             proc.wait()
         log.close()
     assert proc.returncode == 0, (tmp_path / "operator.log").read_text()[-3000:]
+
+
+def test_batch_that_finished_while_the_operator_was_down(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 7, item 18: the runner finishes while no operator runs; after the restart the
+    batch still gets its Validated condition and the Event of its phase change."""
+    cluster.upload("down.jsonl", _lines(30))
+    operator = cluster.start_operator()
+    cluster.apply(cluster.batchjob("down", "down.jsonl"), tmp_path)
+    cluster.kube.wait_for("jobs", "down-runner", lambda j: j is not None, timeout=60)
+    operator.kill()
+    cluster.kube.wait_for(
+        "jobs", "down-runner", lambda j: job_condition(j, "Complete") is not None, timeout=60
+    )
+    assert cluster.get("down")["status"]["phase"] == "Validating"  # nobody saw it run
+    operator.start()
+    operator.wait_ready()
+    status = cluster.wait_phase("down", TERMINAL)["status"]
+    assert status["phase"] == "Completed", status
+    validated = next(c for c in status["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "True" and validated["reason"] == "Valid"
+    assert status.get("inProgressTime") and status.get("finalizingTime")
+    assert "Completed" in _events(cluster.kube, "down")
