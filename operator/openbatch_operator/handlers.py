@@ -38,7 +38,7 @@ from openbatch.tenancy import (
     preflight,
     resolve_tenant,
 )
-from openbatch_operator.errors import OperatorError, to_kopf
+from openbatch_operator.errors import KubernetesUnavailable, OperatorError, to_kopf
 from openbatch_operator.metrics import Metrics
 from openbatch_operator.port import ClusterPort, StoragePort
 from openbatch_operator.resources import build_finalize_job, build_runner_job
@@ -282,7 +282,12 @@ async def _fail_invalid(raw: dict[str, Any], exc: ValidationError, state: State)
     now = datetime.now(UTC)
     status = invalid_spec_status(current, reason, now, meta.get("generation"))
     _log.info("BatchJob %s/%s: -> Failed: %s", namespace, name, status.message)
-    await state.cluster.post_event(raw, "Warning", Phase.FAILED.value, status.message or "", now)
+    try:
+        await state.cluster.post_event(
+            raw, "Warning", Phase.FAILED.value, status.message or "", now
+        )
+    except KubernetesUnavailable as refused:
+        _log.warning("could not post the Failed Event: %s", refused)
     body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     await state.cluster.patch_status(namespace, name, body)
 
@@ -317,7 +322,12 @@ async def _apply(  # noqa: PLR0917
             event.reason,
             event.message,
         )
-        await state.cluster.post_event(raw, event.type.value, event.reason, event.message, now)
+        try:
+            await state.cluster.post_event(raw, event.type.value, event.reason, event.message, now)
+        except KubernetesUnavailable as exc:
+            # Events are observations, not state: an API that refuses them (RBAC, quota)
+            # must not stop batches from progressing.
+            _log.warning("could not post the %s Event: %s", event.reason, exc)
     status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     await state.cluster.patch_status(namespace, job.metadata.name, status)
 
