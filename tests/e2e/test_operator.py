@@ -487,3 +487,36 @@ def test_batch_that_finished_while_the_operator_was_down(cluster: Cluster, tmp_p
     assert validated["status"] == "True" and validated["reason"] == "Valid"
     assert status.get("inProgressTime") and status.get("finalizingTime")
     assert "Completed" in _events(cluster.kube, "down")
+
+
+def test_queued_batches_do_not_read_object_storage(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 8, capacity: a queued batch's reconcile makes no object-storage request. The
+    operator's own storage access points at a closed port here: the admitted batch's
+    reconciles fail on storage, yet the queued one still gets its Queued condition (before
+    the fix every reconcile read the progress records first, and failed)."""
+    _slow(cluster, slots=1, service=0.05)
+    cluster.upload("q.jsonl", _lines(50))
+    env = {
+        **cluster.env,
+        "OPENBATCH_OPERATOR_MAX_CONCURRENT_BATCHES": "1",
+        "OPENBATCH_S3_ENDPOINT": f"http://127.0.0.1:{_free_port()}",
+        "OPENBATCH_S3_RETRY_SECONDS": "0",
+    }
+    cluster.operator = cluster.run_kopf("openbatch_operator.handlers", env=env)
+    cluster.apply(cluster.batchjob("holder", "q.jsonl"), tmp_path)
+    cluster.kube.wait_for("jobs", "holder-runner", lambda j: j is not None, timeout=60)
+    cluster.apply(cluster.batchjob("waiting", "q.jsonl"), tmp_path)
+    obj = cluster.kube.wait_for(
+        "batchjobs",
+        "waiting",
+        lambda o: any(
+            c.get("type") == "Admitted" and c.get("reason") == "Queued"
+            for c in ((o or {}).get("status") or {}).get("conditions", [])
+        ),
+        timeout=30,
+    )
+    assert obj is not None and obj["status"]["phase"] == "Validating"
+    assert cluster.kube.get("jobs", "waiting-runner") is None
+    assert "StorageUnavailable" in cluster.operator.logs() or "reading s3://" in (
+        cluster.operator.logs()
+    )  # the admitted one did try, and could not
