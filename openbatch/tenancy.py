@@ -204,6 +204,34 @@ def resolve_tenant(
     )
 
 
+def tenancy_for(
+    config: TenancyConfig | None,
+    namespace: str,
+    *,
+    default_storage: DefaultStorage,
+    allow_unlisted: bool = False,
+    default_allowed_urls: Sequence[str] = (),
+) -> tuple[ResolvedTenant, str | None]:
+    """A backend's one call: the namespace's tenancy, and why it is refused, or None.
+
+    `config` None is single-tenant mode (no tenants file: every namespace on the default
+    root). An unlisted namespace is refused unless `allow_unlisted`; it still gets the
+    default root, only to name its locations: its batch fails before anything is read."""
+    allow = config is None or allow_unlisted
+    config = config or TenancyConfig()
+    try:
+        tenant = resolve_tenant(
+            config,
+            namespace,
+            default_storage=default_storage if allow else None,
+            default_allowed_urls=default_allowed_urls,
+        )
+    except UnknownTenant as exc:
+        fallback = resolve_tenant(config, namespace, default_storage=default_storage)
+        return fallback, str(exc)
+    return tenant, None
+
+
 def input_refusal(job: BatchJob, tenant: ResolvedTenant) -> str | None:
     """Why `spec.input.s3` lies outside the tenant's root, or None (fileIDs are always
     inside: their location is computed under the root)."""

@@ -31,13 +31,7 @@ from openbatch.lifecycle import (
 from openbatch.locations import locations_of
 from openbatch.resource import GROUP, PLURAL, VERSION, BatchJob, BatchJobStatus, Phase
 from openbatch.routing import RoutingTable
-from openbatch.tenancy import (
-    ResolvedTenant,
-    TenancyConfig,
-    UnknownTenant,
-    preflight,
-    resolve_tenant,
-)
+from openbatch.tenancy import ResolvedTenant, TenancyConfig, preflight, tenancy_for
 from openbatch_operator.errors import KubernetesUnavailable, OperatorError, to_kopf
 from openbatch_operator.metrics import Metrics
 from openbatch_operator.port import ClusterPort, StoragePort
@@ -85,25 +79,15 @@ class State:
         return self.locks.setdefault(key, asyncio.Lock())
 
     def tenant(self, namespace: str) -> tuple[ResolvedTenant, str | None]:
-        """The namespace's tenancy, and why it is refused (an unlisted namespace) or None.
-
-        A refused namespace still gets the default root, only to name its locations; the
-        batch fails before anything reads or writes there."""
+        """The namespace's tenancy, and why it is refused (an unlisted namespace) or None."""
         cfg = self.settings
-        single = self.tenancy is None
-        allow = single or cfg.allow_unlisted_namespaces
-        config = self.tenancy or TenancyConfig()
-        default = cfg.default_storage
-        try:
-            return resolve_tenant(
-                config,
-                namespace,
-                default_storage=default if allow else None,
-                default_allowed_urls=cfg.allowed_url_patterns,
-            ), None
-        except UnknownTenant as exc:
-            fallback = resolve_tenant(config, namespace, default_storage=default)
-            return fallback, str(exc)
+        return tenancy_for(
+            self.tenancy,
+            namespace,
+            default_storage=cfg.default_storage,
+            allow_unlisted=cfg.allow_unlisted_namespaces,
+            default_allowed_urls=cfg.allowed_url_patterns,
+        )
 
     def namespace_limits(self, namespaces: set[str]) -> dict[str, int]:
         limits = {}

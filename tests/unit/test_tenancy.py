@@ -28,6 +28,7 @@ from openbatch.tenancy import (
     parse_tenancy,
     preflight,
     resolve_tenant,
+    tenancy_for,
 )
 from openbatch.url_policy import always_refused, check_direct_url
 from openbatch.wire import BatchUsage
@@ -116,6 +117,24 @@ def test_unlisted_namespace_is_refused_unless_default_root_is_enabled() -> None:
     assert c.credentials_secret == "openbatch-s3"  # noqa: S105  # a Secret name  # noqa: S105
     single = resolve_tenant(TenancyConfig(), "any", default_storage=DEFAULT_ROOT)
     assert single.allowed_model_server_urls == () and single.caps.max_in_flight is None
+
+
+@pytest.mark.parametrize(
+    ("config", "allow", "namespace", "root", "refused"),
+    [
+        (None, False, "anyone", "s3://shared/ob", False),  # single-tenant mode
+        (CONFIG, False, "team-a", "s3://team-a/openbatch", False),
+        (CONFIG, False, "team-c", "s3://shared/ob", True),  # refused; root only for names
+        (CONFIG, True, "team-c", "s3://shared/ob", False),
+    ],
+)
+def test_tenancy_for_a_backend(
+    config: TenancyConfig | None, allow: bool, namespace: str, root: str, refused: bool
+) -> None:
+    tenant, refusal = tenancy_for(
+        config, namespace, default_storage=DEFAULT_ROOT, allow_unlisted=allow
+    )
+    assert tenant.root == root and (refusal is not None) == refused
 
 
 # ------------------------------------------------------------------ storage
