@@ -427,6 +427,7 @@ def test_examples_cover_what_they_promise() -> None:
     assert by_name["batchjob-sharded.yaml"].parallelism == 3
     service = by_name["batchjob-service.yaml"].model_server
     assert service is not None and service.service_ref is not None
+    assert service.api_key_secret_ref is not None
 
 
 def _edited(name: str, **spec: Any) -> Json:
