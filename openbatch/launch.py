@@ -31,6 +31,14 @@ class ModelTarget:
             raise ValueError("a model target is either base URLs or a routing-table file")
 
 
+def shard_share(max_in_flight: int, shards: int) -> int:
+    """Requests in flight per shard so that all shards together stay within the batch's
+    ceiling: `maxInFlight // parallelism` (at least 1; the CRD and `tenancy.preflight`
+    refuse a parallelism above maxInFlight). Every pod of an Indexed Job has the same args,
+    so the remainder is left unused rather than given to some shards."""
+    return max(1, max_in_flight // max(1, shards))
+
+
 def runner_args_for(
     job: BatchJob,
     where: BatchLocations,
@@ -41,10 +49,16 @@ def runner_args_for(
     shard_from_job_index: bool = False,
     grace_period: float = DEFAULT_GRACE_PERIOD,
     commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+    max_in_flight: int | None = None,
 ) -> RunnerArgs:
-    """The runner command of one shard of `job` (every shard when `shard_from_job_index`)."""
+    """The runner command of one shard of `job` (every shard when `shard_from_job_index`).
+
+    `max_in_flight` is the batch's ceiling when the tenancy clamps it
+    (`openbatch.tenancy.effective_max_in_flight`); by default the spec's."""
     spec = job.spec
     concurrency = spec.concurrency
+    ceiling = concurrency.max_in_flight if max_in_flight is None else max_in_flight
+    share = shard_share(ceiling, spec.parallelism)
     return RunnerArgs(
         input=where.input_uri,
         output=where.output_uri,
@@ -53,8 +67,10 @@ def runner_args_for(
         endpoint=spec.endpoint.value,
         base_urls=target.base_urls,
         models=target.routing_file,
-        concurrency=concurrency.max_in_flight,
+        concurrency=share,
         adaptive=concurrency.adaptive,
+        # The adaptive window grows up to the shard's share of the ceiling, never past it.
+        max_concurrency=share,
         max_attempts=concurrency.max_attempts,
         request_timeout=float(concurrency.request_timeout_seconds),
         deadline=deadline,

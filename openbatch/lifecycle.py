@@ -47,6 +47,7 @@ _PASSED_VALIDATION = frozenset(
 )
 
 
+MAX_MESSAGE = 4096  # a message this module writes from outside text
 MAX_NAME = 63  # a Kubernetes object name (DNS label), and so every child name
 
 
@@ -102,6 +103,9 @@ class Observed:
     admitted_elsewhere: int = 0  # other batches holding a slot (admitted, not terminal)
     ahead_in_queue: int = 0  # waiting batches that start before this one
     max_concurrent: int = 8
+    namespace_full: bool = False  # the namespace holds its cap of slots (tenancy)
+    # Why the tenancy policy refuses this batch (`openbatch.tenancy.preflight`), or None.
+    refusal: str | None = None
     output_file_id: str = ""  # the ids this batch's files get, if they are written
     error_file_id: str = ""
     # The input does not exist (or is not the tenant's): the batch fails validation before
@@ -187,7 +191,13 @@ class _Builder:
             generation=self.gen,
         )
 
-    def phase(self, phase: Phase, message: str, warning: bool = False) -> Decision:
+    def phase(
+        self,
+        phase: Phase,
+        message: str,
+        warning: bool = False,
+        reason: ConditionReason | None = None,
+    ) -> Decision:
         st = self.status
         st.phase = phase
         st.message = message
@@ -204,7 +214,7 @@ class _Builder:
             setattr(st, stamp, self.now)
         if phase in TERMINAL_PHASES:
             ok = phase is Phase.COMPLETED
-            reason = {
+            reason = reason or {
                 Phase.COMPLETED: ConditionReason.COMPLETED,
                 Phase.EXPIRED: ConditionReason.EXPIRED,
                 Phase.CANCELLED: ConditionReason.CANCELLED,
@@ -270,6 +280,9 @@ def _apply_result(b: _Builder, result: FinalResult, obs: Observed) -> Decision:
     # timestamps, as OpenAI's do (in_progress_at <= finalizing_at <= completed_at).
     if result.state is not RunState.FAILED and st.in_progress_time is None:
         st.in_progress_time = b.now
+    if result.state is not RunState.FAILED:
+        # Finished between two polls: the input was valid all the same.
+        b.condition(ConditionType.VALIDATED, True, ConditionReason.VALID, "input is valid")
     if st.finalizing_time is None:
         st.finalizing_time = b.now
     summary = (
@@ -321,6 +334,14 @@ def _admit(b: _Builder, obs: Observed) -> bool:
     if obs.runner.exists:  # admitted before an operator restart lost the status write
         b.condition(ConditionType.ADMITTED, True, ConditionReason.ADMITTED, "runner exists")
         return True
+    if obs.namespace_full:
+        b.condition(
+            ConditionType.ADMITTED,
+            False,
+            ConditionReason.QUEUED,
+            "waiting for a slot: this namespace already runs its maximum number of batches",
+        )
+        return False
     if obs.admitted_elsewhere + obs.ahead_in_queue < obs.max_concurrent:
         b.condition(ConditionType.ADMITTED, True, ConditionReason.ADMITTED, "slot granted")
         return True
@@ -346,6 +367,41 @@ def _runner_failure_message(obs: Observed) -> str:
     return "; ".join(parts)
 
 
+def invalid_spec_status(
+    current: BatchJobStatus, message: str, now: datetime, generation: int | None
+) -> BatchJobStatus:
+    """The status of a BatchJob that does not parse: Failed, saying why, nothing run. The
+    CRD's schema refuses such objects in a cluster; an emulator or an older CRD may not."""
+    status = current.model_copy(deep=True)
+    text = f"the BatchJob is invalid: {message}"[:MAX_MESSAGE]
+    status.phase = Phase.FAILED
+    status.message = text
+    status.failed_time = status.failed_time or now
+    for type_ in (ConditionType.VALIDATED, ConditionType.FAILED):
+        set_condition(
+            status,
+            type_=type_,
+            state=ConditionStatus.FALSE
+            if type_ is ConditionType.VALIDATED
+            else ConditionStatus.TRUE,
+            reason=ConditionReason.INVALID_SPEC,
+            message=text,
+            now=now,
+            generation=generation,
+        )
+    return status
+
+
+def observes_storage(job: BatchJob, runner: RunnerState) -> bool:
+    """Whether a reconcile needs the batch's progress records and result (object storage
+    reads). A batch still waiting for admission has none to read: its runner never ran. So
+    a thousand queued batches cost no storage requests (docs/security.md, capacity)."""
+    if runner.exists or job.status.runner_job_name is not None:
+        return True
+    admitted = job.status.condition(ConditionType.ADMITTED)
+    return admitted is not None and admitted.status is ConditionStatus.TRUE
+
+
 def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa: PLR0911, PLR0912
     b = _Builder(job, now)
     st = b.status
@@ -367,6 +423,10 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
         return _input_missing(b)
     if job.spec.cancel and not started:
         return b.phase(Phase.CANCELLED, "cancelled before any request was sent")
+    if obs.refusal is not None and not started:
+        message = f"refused by the tenancy policy: {obs.refusal}"
+        b.condition(ConditionType.VALIDATED, False, ConditionReason.POLICY_VIOLATION, message)
+        return b.phase(Phase.FAILED, message, warning=True, reason=ConditionReason.POLICY_VIOLATION)
     if deadline is not None and now >= deadline and not started:
         return b.phase(
             Phase.EXPIRED, "completion window expired before the batch started", warning=True

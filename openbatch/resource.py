@@ -31,6 +31,7 @@ from pydantic import (
 
 from openbatch.endpoints import Endpoint
 from openbatch.runner_args import DEFAULT_IN_FLIGHT, DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT
+from openbatch.secret_ref import SecretKeyRef
 
 GROUP = "openbatch.dev"
 VERSION = "v1alpha1"
@@ -81,8 +82,9 @@ FILE_ID_PATTERN = r"^file-[A-Za-z0-9_-]{1,64}$"
 # S3 bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens, alphanumeric ends.
 S3_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 COMPLETION_WINDOW_PATTERN = r"^[1-9][0-9]{0,5}[smh]$"
-# An absolute http(s) base URL without query or fragment (the runner appends endpoint paths).
-URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+# An absolute http(s) base URL without query or fragment (the runner appends endpoint paths)
+# and without userinfo (`user:pw@host` is refused in every mode: docs/security.md).
+URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 URL_PATH_PATTERN = r"^/\S*$"
 # metav1.Condition's reason: a CamelCase word meant for machines.
@@ -187,6 +189,9 @@ class ModelServer(SpecModel):
 
     url: str | None = Field(default=None, max_length=2048, pattern=URL_PATTERN)
     service_ref: ServiceRef | None = None
+    # The bearer token for this target: a Secret in the BatchJob's own namespace. Platform
+    # keys (routing-table entries) are never sent to a target a spec names.
+    api_key_secret_ref: SecretKeyRef | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
@@ -285,6 +290,12 @@ class ConditionReason(StrEnum):
     CANCELLING = "Cancelling"
     CANCELLED = "Cancelled"
     RUNNER_FAILED = "RunnerFailed"
+    # The spec breaks this namespace's tenancy policy (input outside its storage root, a
+    # refused model-server URL, a cap): failed before a runner started (docs/security.md).
+    POLICY_VIOLATION = "PolicyViolation"
+    # The object breaks the CRD's schema (it bypassed the API server's validation, or the
+    # CRD is older than the operator): failed with the first schema error.
+    INVALID_SPEC = "InvalidSpec"
 
 
 class Condition(KubeModel):

@@ -11,6 +11,7 @@ docs refer to these constants.
 """
 
 import argparse
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -39,6 +40,24 @@ DEFAULT_OUTAGE_TIMEOUT = 300.0  # every model server down this long: commit and 
 # Kubernetes expands $(VAR) in container args from the container's env; the Job controller
 # sets JOB_COMPLETION_INDEX for every pod of an Indexed Job.
 JOB_INDEX_PLACEHOLDER = "$(JOB_COMPLETION_INDEX)"
+
+
+# The general model-server key, for people running `openbatch run` by hand: sent to every
+# base URL. Programs never set it; they set one variable per base URL (below).
+API_KEY_ENV = "OPENBATCH_API_KEY"
+_API_KEY_FOR_PREFIX = "OPENBATCH_API_KEY_FOR_"
+
+
+def api_key_env(base_url: str) -> str:
+    """The environment variable holding the bearer token for one base URL.
+
+    The operator fills it from the Secret that belongs to that URL (a routing-table entry's
+    `apiKeySecret`, or the spec's `modelServer.apiKeySecretRef`), so a runner holds a key
+    only next to the URL it may be sent to. The name is a digest: URLs are not valid
+    variable names, and the digest reveals nothing the pod spec does not already show.
+    """
+    digest = hashlib.sha256(base_url.encode()).hexdigest()[:16].upper()
+    return _API_KEY_FOR_PREFIX + digest
 
 
 class ExitCode(IntEnum):

@@ -162,7 +162,9 @@ def main(argv: Sequence[str]) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     models: dict[str, list[str]] = {}
     if args.models is not None:
-        models.update(parse_routing_table(args.models.read_bytes()).models)
+        for name, entry in parse_routing_table(args.models.read_bytes()).models.items():
+            # Key references are a cluster feature (Secrets); locally only the URLs count.
+            models[name] = list(entry.urls)
     for name, url in _pairs(args.model, "--model"):
         models.setdefault(name, []).append(url)
     simulator = None

@@ -198,6 +198,7 @@ class SimStats:
     """Counters behind `/sim/stats`; API requests only, so polling does not perturb them."""
 
     __slots__ = (
+        "authorization",
         "busy_seconds",
         "by_path",
         "by_status",
@@ -222,6 +223,9 @@ class SimStats:
         self.in_flight = 0
         self.max_in_flight = 0
         self.keys: dict[str, int] = {}
+        # Every Authorization header value received ("" when absent), with its count: the
+        # tenancy tests check which key reached which server (docs/security.md).
+        self.authorization: dict[str, int] = {}
         self.busy_seconds = 0.0
 
     def count_status(self, status: int) -> None:
@@ -354,6 +358,8 @@ class ModelSim:
         request_id: str,
     ) -> web.Response:
         headers = {"x-request-id": request_id}
+        auth = request.headers.get("Authorization", "")
+        self.stats.authorization[auth] = self.stats.authorization.get(auth, 0) + 1
         key = self.config.api_key
         if key and request.headers.get("Authorization") != f"Bearer {key}":
             return _error(401, "Incorrect API key provided.", headers, code="invalid_api_key")
@@ -730,6 +736,7 @@ class ModelSim:
             "max_concurrent_in_service": self.pool.max_running,
             "busy_seconds": round(s.busy_seconds, 6),
             "keys": dict(s.keys),
+            "authorization": dict(s.authorization),
         }
 
     def _model_names(self) -> list[str]:

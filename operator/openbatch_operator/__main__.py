@@ -1,20 +1,108 @@
 """`python -m openbatch_operator`: run the operator (kopf) with OpenBatch's handlers.
 
-Environment: `OPENBATCH_OPERATOR_*` (see settings.py), `OPENBATCH_S3_*` for reading
-progress records, `OPENBATCH_OPERATOR_NAMESPACES` (comma-separated; empty = cluster-wide),
-`OPENBATCH_OPERATOR_LIVENESS` (default `http://0.0.0.0:8080/healthz`).
-One replica: peering is off (`standalone`), so the Deployment uses the Recreate strategy.
+Configuration is the environment only (the Helm chart sets it): `OPENBATCH_OPERATOR_*`
+(settings.py, docs/operator.md) and `OPENBATCH_S3_*` for the operator's own storage access.
+Before kopf starts, the settings, the tenants file and the routing file are parsed and the
+Kubernetes API is called once, so a misconfigured or unreachable operator exits with one
+clear line instead of retrying forever. One replica: peering is off (`standalone`), so the
+Deployment uses the Recreate strategy.
 """
 
+import argparse
 import asyncio
+import logging
 import os
+import sys
+from collections.abc import Sequence
 
-import kopf
+EXIT_CONFIG = 2  # settings or files are invalid: a restart cannot help
+EXIT_NO_CLUSTER = 1  # the API server is unreachable or refused us: a restart may help
+
+_DESCRIPTION = """\
+The OpenBatch operator: turns BatchJob resources into isolated runner Jobs, mirrors their
+progress into the BatchJob status, enforces cancel, expiry and the tenancy policy.
+
+It takes no options: everything comes from the environment (see docs/operator.md).
+  OPENBATCH_OPERATOR_NAMESPACES       comma-separated namespaces to watch (empty: cluster-wide)
+  OPENBATCH_OPERATOR_LIVENESS         liveness endpoint (default http://0.0.0.0:8080/healthz)
+  OPENBATCH_OPERATOR_TENANTS_FILE     tenants file (JSON); unset: single-tenant mode
+  OPENBATCH_OPERATOR_ROUTING_FILE     the routing table, for its per-entry key references
+  OPENBATCH_OPERATOR_RUNNER_IMAGE, _BUCKET, _PREFIX, _S3_ENDPOINT, _S3_SECRET_NAME,
+  _MAX_CONCURRENT_BATCHES, _POLL_INTERVAL_SECONDS, _METRICS_PORT, ...  (settings.py)
+  OPENBATCH_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY   the operator's own object-storage access
+Cluster access: in-cluster service account, else $KUBECONFIG / ~/.kube/config.
+"""
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="python -m openbatch_operator",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _fail(code: int, message: str) -> int:
+    sys.stderr.write(f"openbatch-operator: {message}\n")
+    return code
+
+
+def _check_configuration() -> str | None:
+    """Parse every setting and file the handlers will use; the first problem, or None."""
+    from pydantic import ValidationError
+
+    from openbatch_operator.settings import OperatorSettings
+
+    try:
+        settings = OperatorSettings()
+        settings.load_tenancy()
+        settings.load_routing()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        return f"invalid configuration ({where}): {first.get('msg')}"
+    except (OSError, ValueError) as exc:
+        return f"invalid configuration: {exc}"
+    return None
+
+
+def _check_cluster() -> str | None:
+    """Load credentials and call the API once (discovery), with a short timeout."""
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
+    try:
+        try:
+            k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+    except (k8s_config.ConfigException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"no Kubernetes credentials (not in a cluster, and no usable kubeconfig): {first}"
+    try:
+        with k8s.ApiClient() as api:
+            k8s.CoreApi(api).get_api_versions(_request_timeout=10)
+    except Exception as exc:  # any failure here means "cannot reach"
+        text = str(exc).strip().splitlines()
+        return f"cannot reach the Kubernetes API: {text[0] if text else type(exc).__name__}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    problem = _check_configuration()
+    if problem is not None:
+        return _fail(EXIT_CONFIG, problem)
+    problem = _check_cluster()
+    if problem is not None:
+        return _fail(EXIT_NO_CLUSTER, problem)
+
+    import kopf
+
     from openbatch_operator import handlers  # noqa: F401  # registers the handlers
 
+    kopf.configure(verbose=False)  # INFO: our start-up configuration and phase changes
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # kopf's per-handler chatter
     namespaces = [
         ns.strip() for ns in os.environ.get("OPENBATCH_OPERATOR_NAMESPACES", "").split(",")
     ]
@@ -28,7 +116,8 @@ def main() -> None:
             liveness_endpoint=liveness or None,
         )
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

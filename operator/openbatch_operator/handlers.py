@@ -9,7 +9,7 @@ status is written through the `/status` subresource only.
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from kubernetes import client as k8s
@@ -18,16 +18,29 @@ from pydantic import ValidationError
 
 from openbatch.admission import BatchKey, QueueEntry, slots_view
 from openbatch.lifecycle import (
+    ABSENT,
     TERMINAL_PHASES,
     Decision,
     Observed,
     finalize_job_name,
+    invalid_spec_status,
+    observes_storage,
     reconcile,
     runner_job_name,
 )
 from openbatch.locations import locations_of
-from openbatch.resource import GROUP, PLURAL, VERSION, BatchJob
-from openbatch_operator.errors import InvalidResource, OperatorError, to_kopf
+from openbatch.resource import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    BatchJob,
+    BatchJobStatus,
+    ConditionType,
+    Phase,
+)
+from openbatch.routing import RoutingTable
+from openbatch.tenancy import ResolvedTenant, TenancyConfig, preflight, tenancy_for
+from openbatch_operator.errors import KubernetesUnavailable, OperatorError, to_kopf
 from openbatch_operator.metrics import Metrics
 from openbatch_operator.port import ClusterPort, StoragePort
 from openbatch_operator.resources import build_finalize_job, build_runner_job
@@ -41,8 +54,16 @@ _log = logging.getLogger("openbatch.operator")
 class State:
     """What the handlers share (kept in kopf's memo)."""
 
-    def __init__(self, settings: OperatorSettings, api: k8s.ApiClient) -> None:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        api: k8s.ApiClient,
+        tenancy: TenancyConfig | None = None,
+        routing: RoutingTable | None = None,
+    ) -> None:
         self.settings = settings
+        self.tenancy = tenancy
+        self.routing = routing
         self.cluster = ClusterPort(api)
         self.storage = StoragePort()
         self.metrics = Metrics()
@@ -65,6 +86,25 @@ class State:
     def lock(self, key: BatchKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
+    def tenant(self, namespace: str) -> tuple[ResolvedTenant, str | None]:
+        """The namespace's tenancy, and why it is refused (an unlisted namespace) or None."""
+        cfg = self.settings
+        return tenancy_for(
+            self.tenancy,
+            namespace,
+            default_storage=cfg.default_storage,
+            allow_unlisted=cfg.allow_unlisted_namespaces,
+            default_allowed_urls=cfg.allowed_url_patterns,
+        )
+
+    def namespace_limits(self, namespaces: set[str]) -> dict[str, int]:
+        limits = {}
+        for ns in namespaces:
+            cap = self.tenant(ns)[0].caps.max_running_batches
+            if cap is not None:
+                limits[ns] = cap
+        return limits
+
 
 def _load_kube_config() -> k8s.ApiClient:
     try:
@@ -84,9 +124,42 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.watching.server_timeout = 300
-    state = State(SETTINGS, await asyncio.to_thread(_load_kube_config))
+    tenancy, routing = SETTINGS.load_tenancy(), SETTINGS.load_routing()
+    state = State(SETTINGS, await asyncio.to_thread(_load_kube_config), tenancy, routing)
     state.metrics.serve(SETTINGS.metrics_port)
     memo["openbatch"] = state
+    _log_configuration(SETTINGS, tenancy, routing)
+
+
+def _log_configuration(
+    cfg: OperatorSettings, tenancy: TenancyConfig | None, routing: RoutingTable | None
+) -> None:
+    """What this operator runs with, at INFO: Secret *names* only, never values."""
+    _log.info("openbatch operator settings: %s", cfg.summary())
+    if tenancy is None:
+        _log.warning(
+            "single-tenant mode (no OPENBATCH_OPERATOR_TENANTS_FILE): every namespace uses %s "
+            "and the Secret %r; namespaces are not isolated from each other",
+            cfg.storage_root,
+            cfg.s3_secret_name,
+        )
+    else:
+        for t in tenancy.tenants:
+            _log.info(
+                "tenant %s: storage %s, credentials Secret %r, caps %s, allowed hosts %s",
+                t.namespace,
+                t.storage.root,
+                t.storage.credentials_secret,
+                t.caps.over(tenancy.defaults.caps).model_dump(exclude_none=True),
+                t.allowed_model_server_urls,
+            )
+        _log.info(
+            "unlisted namespaces: %s",
+            f"allowed on {cfg.storage_root}" if cfg.allow_unlisted_namespaces else "refused",
+        )
+    if routing is not None:
+        keyed = sorted(m for m, e in routing.models.items() if e.api_key_secret is not None)
+        _log.info("routing table: models %s; with their own key: %s", sorted(routing.models), keyed)
 
 
 def _entry(namespace: str | None, name: str | None, body: kopf.Body) -> QueueEntry:
@@ -141,28 +214,46 @@ async def reconcile_once(
         try:
             job = BatchJob.model_validate(raw)
         except ValidationError as exc:
-            raise InvalidResource(f"BatchJob {namespace}/{name} is not valid: {exc}") from exc
+            await _fail_invalid(raw, exc, state)
+            return None
         if job.status.phase in TERMINAL_PHASES:
             return None
         cfg = state.settings
-        where = locations_of(job, cfg.storage_root)
-        shards, result, marker = await state.storage.observe(where.work_uri, job.spec.parallelism)
+        tenant, refusal = state.tenant(namespace)
+        where = locations_of(job, tenant.root)
         runner = await state.cluster.read_job(namespace, runner_job_name(job))
-        finalize = await state.cluster.read_job(namespace, finalize_job_name(job))
-        # Before a runner starts: a batch whose input is not there fails validation (§4.3).
+        # Queued batches read nothing from object storage until they are admitted.
+        if observes_storage(job, runner):
+            shards, result, marker = await state.storage.observe(
+                where.work_uri, job.spec.parallelism
+            )
+            finalize = await state.cluster.read_job(namespace, finalize_job_name(job))
+        else:
+            shards, result, marker, finalize = (), None, False, ABSENT
+        # Before a runner starts, a batch whose input is not there fails validation (§4.3):
+        # checked when the batch is first seen and once admitted, never while it waits.
         unstarted = not runner.exists and job.status.runner_job_name is None
-        input_missing = unstarted and not await state.storage.input_exists(where.input_uri)
+        first_seen = job.status.condition(ConditionType.ADMITTED) is None
+        input_missing = (
+            unstarted
+            and (first_seen or observes_storage(job, runner))
+            and not await state.storage.input_exists(where.input_uri)
+        )
         async with state.admission_lock:
-            held, ahead = slots_view(_entries(index, state), key)
+            entries = _entries(index, state)
+            limits = state.namespace_limits({e.key[0] for e in entries})
+            view = slots_view(entries, key, limits)
             observed = Observed(
                 runner=runner,
                 finalize=finalize,
                 shards=shards,
                 result=result,
                 cancel_marker=marker,
-                admitted_elsewhere=held,
-                ahead_in_queue=ahead,
+                admitted_elsewhere=view.held,
+                ahead_in_queue=view.ahead,
                 max_concurrent=cfg.max_concurrent_batches,
+                namespace_full=view.namespace_full,
+                refusal=refusal or preflight(job, tenant),
                 output_file_id=where.output_file_id,
                 error_file_id=where.error_file_id,
                 input_missing=input_missing,
@@ -173,32 +264,74 @@ async def reconcile_once(
                 state.admitted.add(key)
             if decision.terminal:
                 state.admitted.discard(key)
-        await _apply(job, raw, decision, state, now)
+        await _apply(job, raw, decision, state, now, tenant)
         return decision
 
 
-async def _apply(
-    job: BatchJob, raw: dict[str, Any], decision: Decision, state: State, now: datetime
+async def _fail_invalid(raw: dict[str, Any], exc: ValidationError, state: State) -> None:
+    """A BatchJob that does not parse fails with the first schema error (nothing runs)."""
+    meta = raw.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
+    try:
+        current = BatchJobStatus.model_validate(raw.get("status") or {})
+    except ValidationError:
+        current = BatchJobStatus()
+    if current.phase in TERMINAL_PHASES:
+        return
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    reason = f"{where}: {first.get('msg')}"
+    now = datetime.now(UTC)
+    status = invalid_spec_status(current, reason, now, meta.get("generation"))
+    _log.info("BatchJob %s/%s: -> Failed: %s", namespace, name, status.message)
+    try:
+        await state.cluster.post_event(
+            raw, "Warning", Phase.FAILED.value, status.message or "", now
+        )
+    except KubernetesUnavailable as refused:
+        _log.warning("could not post the Failed Event: %s", refused)
+    body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    await state.cluster.patch_status(namespace, name, body)
+
+
+async def _apply(  # noqa: PLR0917
+    job: BatchJob,
+    raw: dict[str, Any],
+    decision: Decision,
+    state: State,
+    now: datetime,
+    tenant: ResolvedTenant,
 ) -> None:
     namespace = job.metadata.namespace or "default"
     cfg = state.settings
-    where = locations_of(job, cfg.storage_root)
+    where = locations_of(job, tenant.root)
     deadline = job.deadline() or now
     if decision.write_cancel_marker:
         await state.storage.write_cancel_marker(where.work_uri)
     if decision.create_runner:
-        await state.cluster.create_job(namespace, build_runner_job(job, where, cfg, deadline, now))
+        manifest = build_runner_job(job, where, cfg, deadline, now, tenant, state.routing)
+        await state.cluster.create_job(namespace, manifest)
     if decision.create_finalize:
-        await state.cluster.create_job(namespace, build_finalize_job(job, where, cfg))
+        await state.cluster.create_job(namespace, build_finalize_job(job, where, cfg, tenant))
+    # Events first, then the status that records the new phase: an operator that dies in
+    # between posts the Event again after its restart (at least once), never not at all.
+    for event in decision.events:
+        _log.info(
+            "BatchJob %s/%s: %s -> %s: %s",
+            namespace,
+            job.metadata.name,
+            job.status.phase.value if job.status.phase else "(new)",
+            event.reason,
+            event.message,
+        )
+        try:
+            await state.cluster.post_event(raw, event.type.value, event.reason, event.message, now)
+        except KubernetesUnavailable as exc:
+            # Events are observations, not state: an API that refuses them (RBAC, quota)
+            # must not stop batches from progressing.
+            _log.warning("could not post the %s Event: %s", event.reason, exc)
     status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     await state.cluster.patch_status(namespace, job.metadata.name, status)
-    for event in decision.events:
-        kopf.event(
-            kopf.Body(cast(kopf.RawBody, raw)),
-            type=event.type.value,
-            reason=event.reason,
-            message=event.message,
-        )
 
 
 async def _handle(

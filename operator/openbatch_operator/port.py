@@ -6,6 +6,8 @@ idempotent at this edge: creating what exists (409) and deleting what is gone (4
 
 import asyncio
 import logging
+import secrets
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client as k8s
@@ -15,7 +17,7 @@ from pydantic import ValidationError
 from openbatch.layout import cancel_key, progress_key, result_key
 from openbatch.lifecycle import ABSENT, RunnerState
 from openbatch.progress import FinalResult, ProgressRecord
-from openbatch.resource import GROUP, PLURAL, VERSION
+from openbatch.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION, format_time
 from openbatch.storage import ObjectNotFound, ObjectStore, StorageError, open_uri
 from openbatch_operator.errors import KubernetesUnavailable, StorageUnavailable
 
@@ -53,6 +55,41 @@ class ClusterPort:
     def __init__(self, api: k8s.ApiClient) -> None:
         self._batch = k8s.BatchV1Api(api)
         self._custom = k8s.CustomObjectsApi(api)
+        self._core = k8s.CoreV1Api(api)
+
+    async def post_event(
+        self, raw: dict[str, Any], type_: str, reason: str, message: str, now: datetime
+    ) -> None:
+        """A core/v1 Event about the BatchJob, posted now (not queued): the caller records
+        the phase only after its Event exists, so a crash in between repeats the Event
+        instead of losing it."""
+        meta = raw.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
+        stamp = format_time(now.astimezone(UTC))
+        body = {
+            "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "openbatch-operator"},
+            "reportingComponent": "openbatch-operator",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            # The client accepts plain dicts for bodies; its type hints name only CoreV1Event.
+            event = cast(k8s.CoreV1Event, body)
+            await asyncio.to_thread(self._core.create_namespaced_event, namespace, event)
+        except ApiException as exc:
+            raise KubernetesUnavailable(f"posting an Event for {namespace}/{name}: {exc}") from exc
 
     async def get_batchjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -13,8 +13,18 @@ from openbatch.launch import ModelTarget, finalize_args_for, runner_args_for
 from openbatch.lifecycle import finalize_job_name, runner_job_name
 from openbatch.locations import BatchLocations
 from openbatch.resource import API_VERSION, KIND, BatchJob
-from openbatch.runner_args import FINAL_EXIT_CODES
+from openbatch.routing import RoutingTable
+from openbatch.runner_args import FINAL_EXIT_CODES, api_key_env
+from openbatch.secret_ref import SecretKeyRef
+from openbatch.tenancy import (
+    CREDENTIALS_ACCESS_KEY,
+    CREDENTIALS_SECRET_KEY,
+    ResolvedTenant,
+    effective_max_in_flight,
+)
 from openbatch_operator.settings import OperatorSettings
+
+PLATFORM_KEY_KEY = "apiKey"  # key of OPENBATCH_OPERATOR_MODEL_SERVER_API_KEY_SECRET
 
 ROUTING_MOUNT = "/etc/openbatch/routing"
 LABEL_BATCHJOB = "openbatch.dev/batchjob"
@@ -56,37 +66,68 @@ def _labels(job: BatchJob, role: str) -> dict[str, str]:
     }
 
 
-def _env(settings: OperatorSettings) -> list[dict[str, Any]]:
-    def secret(name: str, key: str) -> dict[str, Any]:
-        return {"secretKeyRef": {"name": name, "key": key}}
+def _secret(ref: SecretKeyRef, *, optional: bool = False) -> dict[str, Any]:
+    selector: dict[str, Any] = {"name": ref.name, "key": ref.key}
+    if optional:
+        selector["optional"] = True
+    return {"secretKeyRef": selector}
 
-    env: list[dict[str, Any]] = [
+
+def storage_env(settings: OperatorSettings, tenant: ResolvedTenant) -> list[dict[str, Any]]:
+    """S3 access of a runner: its namespace's own credentials Secret, nothing else."""
+    secret = tenant.credentials_secret
+    return [
         {"name": "OPENBATCH_S3_ENDPOINT", "value": settings.s3_endpoint},
         {
             "name": "OPENBATCH_S3_ACCESS_KEY",
-            "valueFrom": secret(settings.s3_secret_name, settings.s3_access_key_key),
+            "valueFrom": _secret(SecretKeyRef(name=secret, key=CREDENTIALS_ACCESS_KEY)),
         },
         {
             "name": "OPENBATCH_S3_SECRET_KEY",
-            "valueFrom": secret(settings.s3_secret_name, settings.s3_secret_key_key),
+            "valueFrom": _secret(SecretKeyRef(name=secret, key=CREDENTIALS_SECRET_KEY)),
         },
     ]
-    if settings.model_server_api_key_secret:
-        env.append(
-            {
-                "name": "OPENBATCH_API_KEY",
-                "valueFrom": secret(settings.model_server_api_key_secret, "apiKey"),
-            }
-        )
-    return env
 
 
-def _pod_template(
+def model_key_env(
+    job: BatchJob, settings: OperatorSettings, routing: RoutingTable | None
+) -> list[dict[str, Any]]:
+    """One variable per base URL that has a key (`api_key_env`), from that URL's own Secret.
+
+    A spec's modelServer gets only the spec's `apiKeySecretRef` (a Secret in the batch's
+    namespace), never a routing key. A routed batch gets its routing entries' keys, each
+    next to its entry's URLs only; they are `optional` because the batch's model (and so
+    which entry it uses) is known only after validation, and a namespace need not hold the
+    Secret of an entry it never uses.
+    """
+    url = model_server_url(job, settings)
+    server = job.spec.model_server
+    if url is not None:
+        ref = server.api_key_secret_ref if server is not None else None
+        return [] if ref is None else [{"name": api_key_env(url), "valueFrom": _secret(ref)}]
+    if routing is None:
+        return []
+    platform = settings.model_server_api_key_secret
+    refs: dict[str, SecretKeyRef] = {}
+    for entry in routing.models.values():
+        ref = entry.api_key_secret
+        if ref is None and platform:
+            ref = SecretKeyRef(name=platform, key=PLATFORM_KEY_KEY)
+        if ref is not None:
+            refs.update(dict.fromkeys(entry.urls, ref))
+    return [
+        {"name": api_key_env(u), "valueFrom": _secret(r, optional=True)}
+        for u, r in sorted(refs.items())
+    ]
+
+
+def _pod_template(  # noqa: PLR0917
     job: BatchJob,
     settings: OperatorSettings,
     role: str,
     args: list[str],
     routing: bool,
+    env: list[dict[str, Any]],
 ) -> dict[str, Any]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     # The root filesystem is read-only; /tmp is the pod's one writable place.
@@ -114,7 +155,7 @@ def _pod_template(
                     "image": settings.runner_image,
                     "imagePullPolicy": settings.runner_image_pull_policy,
                     "args": args,
-                    "env": _env(settings),
+                    "env": env,
                     "volumeMounts": mounts,
                     "resources": {
                         "requests": {
@@ -139,7 +180,11 @@ def _pod_template(
 
 
 def runner_args(
-    job: BatchJob, where: BatchLocations, settings: OperatorSettings, deadline: datetime
+    job: BatchJob,
+    where: BatchLocations,
+    settings: OperatorSettings,
+    deadline: datetime,
+    max_in_flight: int | None = None,
 ) -> list[str]:
     url = model_server_url(job, settings)
     target = (
@@ -155,17 +200,23 @@ def runner_args(
         shard_from_job_index=True,
         grace_period=settings.runner_grace_seconds,
         commit_interval=settings.commit_interval_seconds,
+        max_in_flight=max_in_flight,
     ).to_argv()
 
 
-def build_runner_job(
+def build_runner_job(  # noqa: PLR0917
     job: BatchJob,
     where: BatchLocations,
     settings: OperatorSettings,
     deadline: datetime,
     now: datetime,
+    tenant: ResolvedTenant,
+    routing: RoutingTable | None = None,
 ) -> dict[str, Any]:
-    """The runner Job: one pod, or an Indexed Job with one shard per index."""
+    """The runner Job: one pod, or an Indexed Job with one shard per index.
+
+    Its pods hold only their namespace's storage credential and the model-server keys of
+    the URLs they may send to (docs/security.md)."""
     shards = job.spec.parallelism
     routed = model_server_url(job, settings) is None
     spec: dict[str, Any] = {
@@ -193,7 +244,12 @@ def build_runner_job(
             ]
         },
         "template": _pod_template(
-            job, settings, "runner", runner_args(job, where, settings, deadline), routed
+            job,
+            settings,
+            "runner",
+            runner_args(job, where, settings, deadline, effective_max_in_flight(job, tenant.caps)),
+            routed,
+            storage_env(settings, tenant) + model_key_env(job, settings, routing),
         ),
     }
     if shards > 1:
@@ -212,11 +268,12 @@ def build_runner_job(
 
 
 def build_finalize_job(
-    job: BatchJob, where: BatchLocations, settings: OperatorSettings
+    job: BatchJob, where: BatchLocations, settings: OperatorSettings, tenant: ResolvedTenant
 ) -> dict[str, Any]:
-    """The short Job that joins the parts of every shard (DESIGN §2.5)."""
+    """The short Job that joins the parts of every shard (DESIGN §2.5); storage only."""
     args = finalize_args_for(job, where).to_argv()
-    template = _pod_template(job, settings, "finalize", args, routing=False)
+    env = storage_env(settings, tenant)
+    template = _pod_template(job, settings, "finalize", args, routing=False, env=env)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

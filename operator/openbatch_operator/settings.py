@@ -1,10 +1,15 @@
 """Operator settings (environment variables `OPENBATCH_OPERATOR_*`, set by the Helm chart)."""
 
+from pathlib import Path
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from openbatch.layout import root_join
+from openbatch.routing import RoutingTable, parse_routing_table
 from openbatch.runner_args import DEFAULT_GRACE_PERIOD
+from openbatch.tenancy import DefaultStorage, TenancyConfig, parse_tenancy
 
 
 class OperatorSettings(BaseSettings):
@@ -36,8 +41,29 @@ class OperatorSettings(BaseSettings):
         description="ConfigMap with `models.json` (model -> base URLs), mounted into runners",
     )
     routing_key: str = Field(default="models.json")
+    routing_file: Path | None = Field(
+        default=None,
+        description="the same routing table, mounted into the operator: it reads the entries' "
+        "apiKeySecret references to give each runner the keys of routed URLs only",
+    )
     model_server_api_key_secret: str | None = Field(
-        default=None, description="optional Secret (key `apiKey`) sent to model servers"
+        default=None,
+        description="Secret (key `apiKey`, in each tenant namespace) sent to routing-table "
+        "entries without an apiKeySecret of their own; never to a spec's modelServer",
+    )
+    tenants_file: Path | None = Field(
+        default=None,
+        description="the tenants file (JSON, openbatch.tenancy); unset: single-tenant mode",
+    )
+    allow_unlisted_namespaces: bool = Field(
+        default=False,
+        description="with a tenants file, let namespaces not in it use BUCKET/PREFIX and "
+        "S3_SECRET_NAME (shared storage: no isolation between them)",
+    )
+    allowed_model_server_urls: str = Field(
+        default="",
+        description="comma-separated host patterns a spec.modelServer.url may use, under the "
+        "tenants file's defaults (default none: routing table and serviceRef only)",
     )
     max_concurrent_batches: int = Field(default=8, ge=1, le=10_000)
     runner_backoff_limit: int = Field(
@@ -70,3 +96,27 @@ class OperatorSettings(BaseSettings):
     def storage_root(self) -> str:
         """`s3://<bucket>[/<prefix>]`: the root every batch's locations are computed under."""
         return root_join(f"s3://{self.bucket}", self.prefix)
+
+    @property
+    def allowed_url_patterns(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.allowed_model_server_urls.split(",") if p.strip())
+
+    @property
+    def default_storage(self) -> DefaultStorage:
+        return DefaultStorage(self.bucket, self.prefix, self.s3_secret_name)
+
+    def load_tenancy(self) -> TenancyConfig | None:
+        """The tenants file, or None in single-tenant mode. Raises ValueError/OSError."""
+        if self.tenants_file is None:
+            return None
+        return parse_tenancy(self.tenants_file.read_bytes())
+
+    def load_routing(self) -> RoutingTable | None:
+        if self.routing_file is None:
+            return None
+        return parse_routing_table(self.routing_file.read_bytes())
+
+    def summary(self) -> dict[str, Any]:
+        """Every setting, for the start-up log: names of Secrets, never their values (the
+        operator holds none in its settings; its own S3 keys are OPENBATCH_S3_*)."""
+        return self.model_dump(mode="json")

@@ -18,8 +18,10 @@ from typing import Any
 
 from openbatch.routing import RoutingTable, parse_routing_table
 from openbatch.runner_args import (
+    API_KEY_ENV,
     ExitCode,
     RunnerArgs,
+    api_key_env,
     parse_finalize_argv,
     parse_run_argv,
 )
@@ -99,6 +101,12 @@ def _check_location(uri: str) -> None:
         raise SystemExit(f"openbatch run: {exc}") from None
 
 
+def _url_keys(urls: list[str]) -> dict[str, str]:
+    """Per-URL keys from the environment (`api_key_env`), for the URLs that have one."""
+    keys = {url: os.environ.get(api_key_env(url), "") for url in urls}
+    return {url: key for url, key in keys.items() if key}
+
+
 def config_from_args(args: RunnerArgs) -> RunConfig:
     """Resolve defaults that depend on other options, the routing table and the API key."""
     routing = _load_routing(args.models) if args.models else None
@@ -110,6 +118,11 @@ def config_from_args(args: RunnerArgs) -> RunConfig:
     work_dir = args.work_dir or output + ".work"
     for uri in (args.input, output, errors, work_dir):
         _check_location(uri)
+
+    routed = [u for m in routing.models for u in routing.urls_for(m) or []] if routing else []
+    api_keys = _url_keys([*args.base_urls, *routed])
+    if len({api_keys.get(u) for u in args.base_urls}) > 1:
+        raise SystemExit("openbatch run: the --base-url servers have different API keys")
     return RunConfig(
         input=args.input,
         output=output,
@@ -126,7 +139,8 @@ def config_from_args(args: RunnerArgs) -> RunConfig:
         deadline=args.deadline,
         shard=args.shard,
         shards=args.shards,
-        api_key=args.api_key or os.environ.get("OPENBATCH_API_KEY") or None,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        api_keys=api_keys,
         commit_every=args.commit_every,
         commit_interval=args.commit_interval,
         limits=ValidationLimits(

@@ -1,5 +1,6 @@
 """The runner's resolved configuration (built from the command line by `cli`)."""
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -43,7 +44,10 @@ class RunConfig:
     deadline: datetime | None = None
     shard: int = 0
     shards: int = 1
-    api_key: str | None = None
+    api_key: str | None = None  # the general key (people): every URL, unless api_keys
+    # Per-URL keys (programs: `openbatch.runner_args.api_key_env`). When any is given, a URL
+    # gets only its own key, or none; the general key is never used.
+    api_keys: Mapping[str, str] = field(default_factory=dict)
     commit_every: int = DEFAULT_COMMIT_EVERY
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     limits: ValidationLimits = field(default_factory=ValidationLimits)
@@ -59,3 +63,10 @@ class RunConfig:
     max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
     outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
     http_client: HttpClientKind = HttpClientKind.RAW  # B1: a third of aiohttp's CPU per request
+
+    def key_for(self, urls: Sequence[str]) -> str | None:
+        """The bearer token for this run's base URLs (one routing entry or the --base-url
+        list, which share one key: `cli` and the routing table check that)."""
+        if self.api_keys:
+            return self.api_keys.get(urls[0]) if urls else None
+        return self.api_key

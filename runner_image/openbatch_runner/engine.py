@@ -464,7 +464,7 @@ class Runner:
         self.client: ModelClient = make_client(
             cfg.http_client,
             request_timeout=cfg.request_timeout,
-            api_key=cfg.api_key,
+            api_key=cfg.key_for(self._urls),
             max_connections=(cfg.max_concurrency if cfg.adaptive else cfg.concurrency) * 2,
         )
         probe_timeout = min(PROBE_TIMEOUT, cfg.request_timeout)

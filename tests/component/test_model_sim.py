@@ -654,3 +654,17 @@ def test_bad_options_fail_fast() -> None:
         start_model_sim(slot=2)
     with pytest.raises(RuntimeError, match="slots must be at least 1"):
         start_model_sim(slots=0)
+
+
+async def test_authorization_headers_are_recorded(
+    sim: SimHandle, session: aiohttp.ClientSession
+) -> None:
+    """The tenancy tests ask a simulator which keys reached it (docs/security.md)."""
+    await post(session, sim, CHAT, chat())
+    async with session.post(
+        sim.base_url + CHAT, json=chat(), headers={"Authorization": "Bearer t0ken"}
+    ) as response:
+        assert response.status == 200
+    assert sim.stats()["authorization"] == {"": 1, "Bearer t0ken": 1}
+    sim.reset()
+    assert sim.stats()["authorization"] == {}

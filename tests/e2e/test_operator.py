@@ -7,7 +7,9 @@ in docs/operator.md.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -156,7 +158,9 @@ def test_kubectl_apply_example_completes(cluster: Cluster, tmp_path: Path) -> No
     if not cluster.seaweed.client().bucket_exists(source["bucket"]):
         cluster.seaweed.make_bucket(source["bucket"])  # the example's own bucket, unchanged
     cluster.upload(source["key"], _lines(120), bucket=source["bucket"])
-    cluster.start_operator()
+    # Inputs must lie inside the namespace's storage root (docs/security.md): here the
+    # single-tenant root is the example's bucket.
+    cluster.start_operator(bucket=source["bucket"])
     path = tmp_path / "example.yaml"
     path.write_text(yaml.safe_dump(example))
     cluster.kube.kubectl("apply", "-n", cluster.kube.namespace, "-f", str(path))
@@ -407,11 +411,16 @@ def test_admission_limit_queues_the_second_batch(cluster: Cluster, tmp_path: Pat
 def test_batch_against_llama_cpp(cluster: Cluster, tmp_path: Path, llama_server: Any) -> None:
     """The operator's path end to end against real model-server software (llama.cpp)."""
     cluster.upload("llama.jsonl", [llama_chat_line(i) for i in range(16)])
+    # llama.cpp listens on loopback, which a spec's modelServer.url may never name
+    # (docs/security.md): the platform routes to it instead.
+    routes = {"models": {MODEL: [cluster.sim.base_url], "tiny": [llama_server.base_url]}}
+    cluster.kube.patch(
+        "configmaps", "openbatch-routing", {"data": {"models.json": json.dumps(routes)}}
+    )
     cluster.start_operator()
     manifest = cluster.batchjob(
         "llama",
         "llama.jsonl",
-        modelServer={"url": llama_server.base_url},
         concurrency={"maxInFlight": 4, "requestTimeoutSeconds": 60},
     )
     cluster.apply(manifest, tmp_path)
@@ -458,6 +467,13 @@ def test_the_operator_entrypoint_runs_batches(cluster: Cluster, tmp_path: Path) 
         status = cluster.wait_phase("entry", TERMINAL)["status"]
         assert status["phase"] == "Completed", status
         assert status["requestCounts"]["completed"] == 20
+        # Issue 7, item 18: the configuration at start-up and every phase change, at INFO.
+        text = (tmp_path / "operator.log").read_text()
+        assert "openbatch operator settings:" in text and "single-tenant mode" in text
+        changed = rf"BatchJob {cluster.kube.namespace}/entry: \w+ -> Completed: completed"
+        assert re.search(changed, text), text[-3000:]
+        assert cluster.seaweed.secret_key not in text  # no secret values, ever
+        assert "Handler 'on_change' succeeded" not in text  # kopf's chatter stays below INFO
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -467,3 +483,58 @@ def test_the_operator_entrypoint_runs_batches(cluster: Cluster, tmp_path: Path) 
             proc.wait()
         log.close()
     assert proc.returncode == 0, (tmp_path / "operator.log").read_text()[-3000:]
+
+
+def test_batch_that_finished_while_the_operator_was_down(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 7, item 18: the runner finishes while no operator runs; after the restart the
+    batch still gets its Validated condition and the Event of its phase change."""
+    cluster.upload("down.jsonl", _lines(30))
+    operator = cluster.start_operator()
+    cluster.apply(cluster.batchjob("down", "down.jsonl"), tmp_path)
+    cluster.kube.wait_for("jobs", "down-runner", lambda j: j is not None, timeout=60)
+    operator.kill()
+    cluster.kube.wait_for(
+        "jobs", "down-runner", lambda j: job_condition(j, "Complete") is not None, timeout=60
+    )
+    assert cluster.get("down")["status"]["phase"] == "Validating"  # nobody saw it run
+    operator.start()
+    operator.wait_ready()
+    status = cluster.wait_phase("down", TERMINAL)["status"]
+    assert status["phase"] == "Completed", status
+    validated = next(c for c in status["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "True" and validated["reason"] == "Valid"
+    assert status.get("inProgressTime") and status.get("finalizingTime")
+    assert "Completed" in _events(cluster.kube, "down")
+
+
+def test_queued_batches_do_not_read_object_storage(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 8, capacity: a queued batch's reconcile makes no object-storage request. The
+    operator's own storage access points at a closed port here: the admitted batch's
+    reconciles fail on storage, yet the queued one still gets its Queued condition (before
+    the fix every reconcile read the progress records first, and failed)."""
+    _slow(cluster, slots=1, service=0.05)
+    cluster.upload("q.jsonl", _lines(50))
+    env = {
+        **cluster.env,
+        "OPENBATCH_OPERATOR_MAX_CONCURRENT_BATCHES": "1",
+        "OPENBATCH_S3_ENDPOINT": f"http://127.0.0.1:{_free_port()}",
+        "OPENBATCH_S3_RETRY_SECONDS": "0",
+    }
+    cluster.operator = cluster.run_kopf("openbatch_operator.handlers", env=env)
+    cluster.apply(cluster.batchjob("holder", "q.jsonl"), tmp_path)
+    cluster.kube.wait_for("jobs", "holder-runner", lambda j: j is not None, timeout=60)
+    cluster.apply(cluster.batchjob("waiting", "q.jsonl"), tmp_path)
+    obj = cluster.kube.wait_for(
+        "batchjobs",
+        "waiting",
+        lambda o: any(
+            c.get("type") == "Admitted" and c.get("reason") == "Queued"
+            for c in ((o or {}).get("status") or {}).get("conditions", [])
+        ),
+        timeout=30,
+    )
+    assert obj is not None and obj["status"]["phase"] == "Validating"
+    assert cluster.kube.get("jobs", "waiting-runner") is None
+    assert "StorageUnavailable" in cluster.operator.logs() or "reading s3://" in (
+        cluster.operator.logs()
+    )  # the admitted one did try, and could not

@@ -372,7 +372,7 @@ def test_cancel_can_only_go_from_false_to_true() -> None:
 )
 def test_one_of_rules_exist_as_cel_and_as_schema(field: str, options: tuple[str, str]) -> None:
     node = _root()["properties"]["spec"]["properties"][field]
-    assert set(node["properties"]) == set(options)
+    assert set(options) <= set(node["properties"])
     first, second = options
     assert f"has(self.{first}) != has(self.{second})" in _rules(node)
     assert node["oneOf"] == [{"required": [first]}, {"required": [second]}]
@@ -380,7 +380,8 @@ def test_one_of_rules_exist_as_cel_and_as_schema(field: str, options: tuple[str,
 
 def test_every_rule_has_a_message_and_the_window_is_capped() -> None:
     nodes = [node for _, node in _walk(_root()) if "x-kubernetes-validations" in node]
-    assert len(nodes) == 6  # spec, input, completionWindow, modelServer, metadata, cancel
+    # spec, input, completionWindow, modelServer, modelServer.url, metadata, cancel
+    assert len(nodes) == 7
     for node in nodes:
         for rule in node["x-kubernetes-validations"]:
             assert rule["message"].strip()
@@ -426,6 +427,7 @@ def test_examples_cover_what_they_promise() -> None:
     assert by_name["batchjob-sharded.yaml"].parallelism == 3
     service = by_name["batchjob-service.yaml"].model_server
     assert service is not None and service.service_ref is not None
+    assert service.api_key_secret_ref is not None
 
 
 def _edited(name: str, **spec: Any) -> Json:
@@ -455,6 +457,13 @@ BAD_MANIFESTS: dict[str, Json] = {
         modelServer={"url": "http://x:8000/v1", "serviceRef": {"name": "x", "port": 80}},
     ),
     "url not http": _edited("batchjob-file.yaml", modelServer={"url": "ftp://x/v1"}),
+    "url with userinfo": _edited(
+        "batchjob-file.yaml", modelServer={"url": "http://user:pw@vllm:8000/v1"}
+    ),
+    "key ref without key": _edited(
+        "batchjob-file.yaml",
+        modelServer={"serviceRef": {"name": "x", "port": 80}, "apiKeySecretRef": {"name": "k"}},
+    ),
     "bad file id": _edited("batchjob-file.yaml", input={"fileID": "upload-1"}),
     "bucket uppercase": _edited("batchjob-s3.yaml", input={"s3": {"bucket": "Bad", "key": "k"}}),
     "maxInFlight 0": _edited("batchjob-file.yaml", concurrency={"maxInFlight": 0}),
@@ -623,3 +632,63 @@ def test_completion_window_longer_than_a_week(text: str) -> None:
     assert re.fullmatch(_window_pattern(), text)
     with pytest.raises(ValueError, match="168h"):
         parse_completion_window(text)
+
+
+# ------------------------------------------------------------------ tenancy rules
+
+
+def _url_rule() -> str:
+    url = _root()["properties"]["spec"]["properties"]["modelServer"]["properties"]["url"]
+    (rule,) = _rules(url)
+    return rule
+
+
+def _cel_host_regex() -> str:
+    found = re.search(r"matches\('(.*)'\)", _url_rule())
+    assert found, _url_rule()
+    return found.group(1)
+
+
+REFUSED_HOSTS = [
+    "localhost",
+    "api.localhost",
+    "127.0.0.1",
+    "127.1.2.3",
+    "169.254.169.254",
+    "169.254.0.1",
+    "metadata.google.internal",
+    "metadata.google.internal.",
+    "0.0.0.0",
+    "2130706433",
+    "0x7f000001",
+    "::1",
+    "fe80::1",
+    "fd00:ec2::254",
+    "::ffff:127.0.0.1",
+]
+ALLOWED_HOSTS = ["vllm.models.svc.cluster.local", "10.0.0.7", "fd00::2", "sim-127.example"]
+
+
+@pytest.mark.parametrize("host", REFUSED_HOSTS)
+def test_cel_url_rule_refuses_what_the_policy_always_refuses(host: str) -> None:
+    """The CEL rule (RE2 syntax; this regex means the same in Python) and
+    `openbatch.url_policy.always_refused` agree on every static case."""
+    from openbatch.url_policy import always_refused
+
+    assert re.fullmatch(_cel_host_regex(), host.lower())
+    bracketed = f"[{host}]" if ":" in host else host
+    assert always_refused(f"http://{bracketed}:8000/v1") is not None
+
+
+@pytest.mark.parametrize("host", ALLOWED_HOSTS)
+def test_cel_url_rule_lets_ordinary_hosts_through(host: str) -> None:
+    from openbatch.url_policy import always_refused
+
+    assert not re.fullmatch(_cel_host_regex(), host)
+    bracketed = f"[{host}]" if ":" in host else host
+    assert always_refused(f"http://{bracketed}:8000/v1") is None
+
+
+def test_parallelism_may_not_exceed_max_in_flight_rule() -> None:
+    spec = _root()["properties"]["spec"]
+    assert "self.parallelism <= self.concurrency.maxInFlight" in _rules(spec)

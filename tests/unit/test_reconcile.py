@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from openbatch.admission import QueueEntry, queue_length, slots_view
+from openbatch.admission import QueueEntry, SlotsView, queue_length, slots_view
 from openbatch.lifecycle import ABSENT, Observed, RunnerState, reconcile
 from openbatch.progress import FinalResult, ProgressRecord, RunState
 from openbatch.resource import BatchJob, ConditionStatus, ConditionType, Phase
@@ -264,10 +264,10 @@ def test_admission_order_priority_then_age() -> None:
         e("new", 0, "2026-01-01T00:00:09Z"),
         e("urgent", 5, "2026-01-01T00:00:10Z"),
     ]
-    assert slots_view(entries, ("ns", "urgent")) == (1, 0)
-    assert slots_view(entries, ("ns", "old")) == (1, 1)
-    assert slots_view(entries, ("ns", "new")) == (1, 2)
-    assert slots_view(entries, ("ns", "running"))[0] == 0  # its own slot is not counted
+    assert slots_view(entries, ("ns", "urgent")) == SlotsView(1, 0)
+    assert slots_view(entries, ("ns", "old")) == SlotsView(1, 1)
+    assert slots_view(entries, ("ns", "new")) == SlotsView(1, 2)
+    assert slots_view(entries, ("ns", "running")).held == 0  # its own slot is not counted
     assert queue_length(entries) == 3
 
 

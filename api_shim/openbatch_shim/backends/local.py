@@ -310,15 +310,16 @@ class LocalBackend:
         except StorageError as exc:
             _log.warning("batch %s: storage not readable, will retry: %s", key, exc)
             return
-        held, ahead = slots_view(entries, key)
+        view = slots_view(entries, key)
         observed = Observed(
             runner=runner.state(),
             finalize=finalizer.state(),
             shards=shards,
             result=result,
             cancel_marker=marker,
-            admitted_elsewhere=held,
-            ahead_in_queue=ahead,
+            admitted_elsewhere=view.held,
+            ahead_in_queue=view.ahead,
+            namespace_full=view.namespace_full,
             max_concurrent=self._max_concurrent,
             output_file_id=where.output_file_id,
             error_file_id=where.error_file_id,

@@ -1,0 +1,85 @@
+"""`python -m openbatch_operator` before kopf starts (issue 7, items 17 and 18): help, one
+clear line when the cluster or the configuration is unusable, and what it logs at INFO."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.kube import write_kubeconfig
+
+
+def _run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "OPENBATCH_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "openbatch_operator", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # closed again: nothing listens there
+
+
+def test_help_prints_help_and_starts_nothing(tmp_path: Path) -> None:
+    result = _run({"HOME": str(tmp_path)}, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m openbatch_operator")
+    for name in ("OPENBATCH_OPERATOR_TENANTS_FILE", "OPENBATCH_OPERATOR_NAMESPACES", "KUBECONFIG"):
+        assert name in result.stdout
+    assert result.stderr == ""
+
+
+def test_unknown_option_is_a_usage_error(tmp_path: Path) -> None:
+    result = _run({"HOME": str(tmp_path)}, "--bogus")
+    assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["no kubeconfig", "unreachable server"])
+def test_without_cluster_access_it_exits_with_one_clear_line(tmp_path: Path, case: str) -> None:
+    env = {"HOME": str(tmp_path)}
+    if case == "no kubeconfig":
+        env["KUBECONFIG"] = str(tmp_path / "missing.yaml")
+    else:
+        url = f"http://127.0.0.1:{_closed_port()}"
+        env["KUBECONFIG"] = str(write_kubeconfig(tmp_path / "kubeconfig", url))
+    result = _run(env)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    expected = "no Kubernetes credentials" if case == "no kubeconfig" else "cannot reach"
+    assert lines[0].startswith("openbatch-operator: ") and expected in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("tenants.json", "{not json", "invalid configuration"),
+        ("tenants.json", json.dumps({"tenants": [{"namespace": "a"}]}), "storage"),
+        ("missing.json", None, "No such file"),
+    ],
+)
+def test_a_bad_tenants_file_is_one_clear_line(
+    tmp_path: Path, name: str, content: str | None, expected: str
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    result = _run({"HOME": str(tmp_path), "OPENBATCH_OPERATOR_TENANTS_FILE": str(path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
