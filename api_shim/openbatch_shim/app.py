@@ -6,13 +6,15 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openbatch.storage import StorageError, open_uri
 from openbatch_shim import openapi_doc
@@ -166,46 +168,69 @@ def create_app(settings: ShimSettings, services: Services | None = None) -> Fast
     app.include_router(batches.router)
     app.include_router(system.router)
 
-    @app.middleware("http")
-    async def envelope(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = "req_" + secrets.token_hex(16)
-        request.state.request_id = request_id
-        started = time.perf_counter()
-        try:
-            if request.url.path.startswith("/v1") and not request.url.path.startswith(
-                _PUBLIC_PATHS
-            ):
-                request.state.tenant = _authenticate(services, request)
-            response = await call_next(request)
-        except ApiError as exc:
-            response = _error_response(exc, request_id)
-        except StorageError as exc:
-            _log.warning("storage error on %s %s: %s", request.method, request.url.path, exc)
-            response = _error_response(
-                ServiceUnavailable(f"Object storage is not available; try again. ({exc})"),
-                request_id,
-            )
-        response.headers["x-request-id"] = request_id
-        route = request.scope.get("route")
-        services.metrics.observe_request(
-            getattr(route, "path", "unmatched"),
-            request.method,
-            response.status_code,
-            time.perf_counter() - started,
-        )
-        return response
+    app.add_middleware(RequestContext, services=services)
 
     _install_error_handlers(app)
     openapi_doc.install(app)
     return app
 
 
+class RequestContext:
+    """Pure ASGI middleware (no body buffering, unlike `@app.middleware`): a request id on
+    every response, the bearer key checked before routing, and the request metrics."""
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(16)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        path: str = scope["path"]
+        try:
+            if path.startswith("/v1") and not path.startswith(_PUBLIC_PATHS):
+                try:
+                    state["tenant"] = _authenticate(self.services, Request(scope))
+                except ApiError as exc:
+                    await _error_response(exc, request_id)(scope, receive, send_with_id)
+                    return
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            self.services.metrics.observe_request(
+                getattr(route, "path", "unmatched"),
+                scope["method"],
+                status,
+                time.perf_counter() - started,
+            )
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error_response(exc, request.state.request_id)
+
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        _log.warning("storage error on %s %s: %s", request.method, request.url.path, exc)
+        return _error_response(
+            ServiceUnavailable(f"Object storage is not available; try again. ({exc})"),
+            request.state.request_id,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
