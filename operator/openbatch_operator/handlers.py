@@ -8,6 +8,7 @@ status is written through the `/status` subresource only.
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +36,6 @@ from openbatch.resource import (
     VERSION,
     BatchJob,
     BatchJobStatus,
-    ConditionType,
     Phase,
 )
 from openbatch.routing import RoutingTable
@@ -230,15 +230,6 @@ async def reconcile_once(
             finalize = await state.cluster.read_job(namespace, finalize_job_name(job))
         else:
             shards, result, marker, finalize = (), None, False, ABSENT
-        # Before a runner starts, a batch whose input is not there fails validation (§4.3):
-        # checked when the batch is first seen and once admitted, never while it waits.
-        unstarted = not runner.exists and job.status.runner_job_name is None
-        first_seen = job.status.condition(ConditionType.ADMITTED) is None
-        input_missing = (
-            unstarted
-            and (first_seen or observes_storage(job, runner))
-            and not await state.storage.input_exists(where.input_uri)
-        )
         async with state.admission_lock:
             entries = _entries(index, state)
             limits = state.namespace_limits({e.key[0] for e in entries})
@@ -256,10 +247,17 @@ async def reconcile_once(
                 refusal=refusal or preflight(job, tenant),
                 output_file_id=where.output_file_id,
                 error_file_id=where.error_file_id,
-                input_missing=input_missing,
             )
             now = datetime.now(UTC)
             decision = reconcile(job, observed, now)
+            # A batch about to get its runner: is its input there? (Checked only then, so
+            # queued batches read nothing; a missing input fails validation, §4.3.)
+            if (
+                decision.create_runner
+                and not runner.exists
+                and not await state.storage.input_present(where.input_uri)
+            ):
+                decision = reconcile(job, replace(observed, input_missing=True), now)
             if decision.create_runner or (runner.exists and not decision.terminal):
                 state.admitted.add(key)
             if decision.terminal:

@@ -182,13 +182,18 @@ class StoragePort:
             result = None
         return tuple(records), result, store.exists(cancel_key(work))
 
-    async def input_exists(self, input_uri: str) -> bool:
-        """Whether the batch's input is there (checked only before a runner starts)."""
-        store, key = open_uri(input_uri)
+    async def input_present(self, input_uri: str) -> bool:
+        """False only when storage says the input does not exist. If storage cannot answer,
+        True: the runner starts and finds out itself, rather than the batch waiting on the
+        operator's view of storage."""
         try:
+            store, key = open_uri(input_uri)
             return await asyncio.to_thread(store.exists, key)
-        except StorageError as exc:
-            raise StorageUnavailable(f"checking the input {input_uri}: {exc}") from exc
+        except (StorageError, ValueError) as exc:
+            _log.warning(
+                "cannot check the input %s, starting the runner anyway: %s", input_uri, exc
+            )
+            return True
 
     async def write_cancel_marker(self, work_uri: str) -> None:
         store, work = self._store(work_uri)
