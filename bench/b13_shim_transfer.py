@@ -1,4 +1,4 @@
-"""B9: upload and download of a large batch file through the shim vs straight to S3.
+"""B13: upload and download of a large batch file through the shim vs straight to S3.
 
 `openbatch serve` with its storage on SeaweedFS (OPENBATCH_SHIM_STORAGE_ROOT=s3://…, the
 OPENBATCH_S3_* credentials) against a direct S3 PUT/GET (the minio client) of the same
@@ -6,7 +6,7 @@ bytes to the same SeaweedFS, in the same run. Throughput ratio target ≥ 0.8. T
 process's peak RSS (VmHWM, a fresh process per size) target ≤ 100 MB and flat when the file
 doubles (100 MB and 200 MB).
 
-    python -m bench.b9_shim_transfer [--sizes 100,200]
+    python -m bench.b13_shim_transfer [--sizes 100,200]
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""B8: `helm template` of the chart: render time and object count per value set.
+"""B12: `helm template` of the chart: render time and object count per value set.
 
 Renders `charts/openbatch` with the real Helm library (helm-python-sdk, the Helm v4 Go code
 that `helm template` runs) for the default values and every `ci/*.yaml` combination, and
 prints the median and best render time over `--repeat` renders, the number of objects and
 the rendered size. Printed, not asserted: a chart that grows slow or huge shows up here.
 
-    python -m bench.b8_chart [--repeat 20]
+    python -m bench.b12_chart [--repeat 20]
 """
 
 from __future__ import annotations
