@@ -141,6 +141,7 @@ class LocalBackend:
         self._poll = poll_interval
         self._env = dict(os.environ if runner_env is None else runner_env)
         self._reapers: set[asyncio.Task[None]] = set()
+        self._active: set[tuple[str, str]] = set()  # batches not finished: what the loop visits
         self._db: sqlite3.Connection | None = None
         self._index: dict[str, BatchIndex] = {}
         self._runners: dict[tuple[str, str], _Step] = {}
@@ -162,6 +163,7 @@ class LocalBackend:
         for namespace, body in db.execute("SELECT namespace, body FROM batches"):
             job = BatchJob.model_validate_json(body)
             self._ns(namespace).put(job)
+            self._track(namespace, job)
         self._task = asyncio.create_task(self._loop())
         self._ready = True
 
@@ -214,6 +216,14 @@ class LocalBackend:
             (namespace, job.metadata.name, job.model_dump_json(by_alias=True, exclude_none=True)),
         )
         self._ns(namespace).put(job)
+        self._track(namespace, job)
+
+    def _track(self, namespace: str, job: BatchJob) -> None:
+        key = (namespace, job.metadata.name)
+        if job.status.phase in TERMINAL_PHASES:
+            self._active.discard(key)
+        else:
+            self._active.add(key)
 
     async def create(self, job: BatchJob) -> BatchJob:
         namespace = job.metadata.namespace or "default"
@@ -268,9 +278,12 @@ class LocalBackend:
             self._wake.clear()
 
     def _entries(self) -> list[QueueEntry]:
+        """Admission entries of the unfinished batches (finished ones hold no slot and wait
+        for none, so they never change a decision: leaving them out keeps this O(active))."""
         out = []
-        for namespace, index in self._index.items():
-            for job in index.ordered():
+        for namespace, name in list(self._active):
+            job = self._ns(namespace).get(name)
+            if job is not None:
                 admitted = job.status.condition(ConditionType.ADMITTED)
                 out.append(
                     QueueEntry(
@@ -287,10 +300,9 @@ class LocalBackend:
 
     async def tick(self) -> None:
         """One reconcile pass over every batch that is not finished."""
-        for index in list(self._index.values()):
-            for job in index.ordered():
-                if job.status.phase in TERMINAL_PHASES:
-                    continue
+        for namespace, name in sorted(self._active):
+            job = self._ns(namespace).get(name)
+            if job is not None and job.status.phase not in TERMINAL_PHASES:
                 await self._reconcile(job, self._entries())
 
     async def _reconcile(self, job: BatchJob, entries: list[QueueEntry]) -> None:
