@@ -156,6 +156,7 @@ def main(argv: Sequence[str]) -> int:
 
     from openbatch.routing import parse_routing_table
     from openbatch_shim.app import create_app
+    from openbatch_shim.memory import return_large_buffers_to_os
     from openbatch_shim.settings import OPENAI_COMPLETION_WINDOWS, BackendKind, ShimSettings
 
     data_dir: Path = args.data_dir.expanduser().resolve()
@@ -187,6 +188,7 @@ def main(argv: Sequence[str]) -> int:
         max_concurrent_batches=args.max_concurrent_batches,
         allowed_completion_windows=[*OPENAI_COMPLETION_WINDOWS, *args.allow_completion_window],
     )
+    return_large_buffers_to_os()
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)

@@ -7,6 +7,7 @@ import sys
 import uvicorn
 
 from openbatch_shim.app import create_app
+from openbatch_shim.memory import return_large_buffers_to_os
 from openbatch_shim.settings import ShimSettings
 
 
@@ -22,6 +23,7 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = ShimSettings()
+    return_large_buffers_to_os()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 

@@ -16,7 +16,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openbatch.storage import StorageError, open_uri
+from openbatch.storage import MIN_PART_SIZE, StorageError, open_uri
 from openbatch_shim import openapi_doc
 from openbatch_shim.backends.base import BatchBackend
 from openbatch_shim.batches_service import BatchService
@@ -50,7 +50,9 @@ class Services:
 
 def build_services(settings: ShimSettings, backend: BatchBackend | None = None) -> Services:
     root = settings.resolved_storage_root()
-    store, base = open_uri(root)
+    # Uploads through the API are at most 200 MiB: S3's smallest parts (~48 GiB cap) keep the
+    # memory an upload holds (about three parts) lowest.
+    store, base = open_uri(root, part_size=MIN_PART_SIZE)
     if backend is None:
         backend = make_backend(settings, root)
     batches = BatchService(

@@ -7,7 +7,9 @@ downloads.
 """
 
 import asyncio
+import contextlib
 import queue
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from typing import Final
@@ -24,24 +26,43 @@ class _Aborted(Exception):
 
 
 class _QueueReader:
+    """The store's side of the queue: `read(n)` blocks until it can return `n` bytes (or the end).
+
+    Chunks wait in a deque and are joined once per read, so a part costs one copy however
+    many chunks it is made of (bytes `+=` would copy the growing part at every chunk).
+    """
+
     def __init__(self, q: "queue.Queue[bytes | BaseException]") -> None:
         self._q = q
-        self._buf = b""
+        self._chunks: deque[bytes] = deque()
+        self._held = 0
         self._done = False
 
     def read(self, size: int = -1, /) -> bytes:
-        while not self._done and (size < 0 or len(self._buf) < size):
+        while not self._done and (size < 0 or self._held < size):
             item = self._q.get()
             if isinstance(item, BaseException):
                 raise item
             if item == _END:
                 self._done = True
                 break
-            self._buf += item
-        if size < 0:
-            out, self._buf = self._buf, b""
+            self._chunks.append(item)
+            self._held += len(item)
+        if size < 0 or size >= self._held:
+            out = b"".join(self._chunks)
+            self._chunks.clear()
         else:
-            out, self._buf = self._buf[:size], self._buf[size:]
+            taken: list[bytes] = []
+            need = size
+            while need:
+                chunk = self._chunks.popleft()
+                if len(chunk) > need:
+                    self._chunks.appendleft(chunk[need:])
+                    chunk = chunk[:need]
+                taken.append(chunk)
+                need -= len(chunk)
+            out = taken[0] if len(taken) == 1 else b"".join(taken)
+        self._held -= len(out)
         return out
 
 
@@ -89,13 +110,25 @@ class UploadSink:
 
 
 async def iter_object(store: ObjectStore, key: str) -> AsyncIterator[bytes]:
-    """Stream an object's bytes from a worker thread, one chunk at a time."""
+    """Stream an object's bytes from a worker thread, one chunk at a time.
+
+    The next chunk is read while the current one is being sent (two chunks in memory), so
+    the store's latency and the client's socket overlap instead of taking turns.
+    """
     reader = await asyncio.to_thread(store.open_read, key)
+    ahead: asyncio.Future[bytes] | None = None
     try:
+        ahead = asyncio.ensure_future(asyncio.to_thread(reader.read, CHUNK))
         while True:
-            chunk = await asyncio.to_thread(reader.read, CHUNK)
+            chunk = await ahead
+            ahead = None
             if not chunk:
                 return
+            ahead = asyncio.ensure_future(asyncio.to_thread(reader.read, CHUNK))
             yield chunk
     finally:
+        if ahead is not None:
+            # The read runs in a thread that cannot be stopped: let it end before closing.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(ahead)
         await asyncio.to_thread(reader.close)

@@ -22,13 +22,14 @@ kubernetes (see the import-linter contracts in pyproject.toml).
 
 from __future__ import annotations
 
-from openbatch.storage.base import PART_SIZE, ObjectInfo, ObjectReader, ObjectStore
+from openbatch.storage.base import MIN_PART_SIZE, PART_SIZE, ObjectInfo, ObjectReader, ObjectStore
 from openbatch.storage.errors import ObjectNotFound, StorageError
 from openbatch.storage.local import LocalStore
 from openbatch.storage.s3 import S3ObjectReader, S3Store
 from openbatch.storage.uri import join_key, open_uri, split_uri
 
 __all__ = [
+    "MIN_PART_SIZE",
     "PART_SIZE",
     "LocalStore",
     "ObjectInfo",

@@ -11,8 +11,11 @@ from typing import Protocol, Self
 from openbatch.jsonl import Readable
 
 PART_SIZE = 8 * 1024 * 1024
-"""Multipart part size of `S3Store.put_stream`: memory per upload, and 10,000 parts cap an
-object at 80 GiB."""
+"""Default multipart part size of `S3Store.put_stream`: memory per upload (about three parts:
+minio copies each part twice), and 10,000 parts cap an object at 80 GiB."""
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+"""S3's smallest part (but the last): the least memory per upload; caps an object at ~48 GiB."""
 
 _CHUNK = 1024 * 1024
 

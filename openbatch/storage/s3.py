@@ -23,7 +23,7 @@ from urllib3.response import BaseHTTPResponse
 
 from openbatch.jsonl import Readable
 from openbatch.settings import S3Settings
-from openbatch.storage.base import _CHUNK, PART_SIZE, ObjectInfo, ObjectReader
+from openbatch.storage.base import _CHUNK, MIN_PART_SIZE, PART_SIZE, ObjectInfo, ObjectReader
 from openbatch.storage.errors import ObjectNotFound, StorageError
 from openbatch.storage.source import _rewind, _Source
 
@@ -123,13 +123,16 @@ class S3Store:
     (`settings.retry_seconds`) and reports what failed. Safe to share between threads.
     """
 
-    def __init__(self, bucket: str, settings: S3Settings) -> None:
+    def __init__(self, bucket: str, settings: S3Settings, part_size: int = PART_SIZE) -> None:
         if not _BUCKET_RULES_RE.match(bucket) or ".." in bucket:
             raise ValueError(
                 f"invalid S3 bucket name {bucket!r}: 3-63 lowercase letters, digits, dots and "
                 "hyphens, starting and ending with a letter or digit"
             )
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size {part_size} is below S3's minimum {MIN_PART_SIZE}")
         self.bucket = bucket
+        self.part_size = part_size
         self.settings = settings
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
@@ -289,13 +292,13 @@ class S3Store:
                 key,
                 io.BytesIO(data),
                 len(data),
-                part_size=PART_SIZE,
+                part_size=self.part_size,
                 num_parallel_uploads=1,
             ),
         )
 
     def put_stream(self, key: str, reader: Readable) -> int:
-        """Upload what `reader` yields, in `PART_SIZE` parts; return the byte count.
+        """Upload what `reader` yields, in `self.part_size` parts; return the byte count.
 
         Memory stays at about one part. The object appears only when the upload completes
         (a single PUT, or CompleteMultipartUpload), so readers never see a partial object.
@@ -321,7 +324,7 @@ class S3Store:
                     key,
                     cast(BinaryIO, source),  # minio only calls read()
                     length=-1,
-                    part_size=PART_SIZE,
+                    part_size=self.part_size,
                     num_parallel_uploads=1,
                 )
                 return source.count

@@ -32,18 +32,17 @@ class _Source:
 
     def read(self, size: int | None = -1, /) -> bytes:
         want = _CHUNK if size is None or size < 0 else size
+        if not self._pending:
+            # The common case, a reader that fills the request: hand its bytes on uncopied.
+            first = self._read_once(want)
+            if len(first) == want or not first:
+                self.count += len(first)
+                return bytes(first) if not isinstance(first, bytes) else first
+            self._pending = bytes(first)
         buf = bytearray(self._pending[:want])
         self._pending = self._pending[want:]
         while len(buf) < want:
-            try:
-                chunk = self._reader.read(want - len(buf))
-            except Exception as exc:
-                self.failure = exc
-                raise _SourceError(exc) from exc
-            if not isinstance(chunk, bytes | bytearray | memoryview):
-                exc = TypeError(f"reader.read() returned {type(chunk).__name__}, not bytes")
-                self.failure = exc
-                raise _SourceError(exc) from exc
+            chunk = self._read_once(want - len(buf))
             if not chunk:
                 break
             room = want - len(buf)
@@ -53,6 +52,18 @@ class _Source:
             buf += chunk
         self.count += len(buf)
         return bytes(buf)
+
+    def _read_once(self, size: int) -> bytes | bytearray | memoryview:
+        try:
+            chunk = self._reader.read(size)
+        except Exception as exc:
+            self.failure = exc
+            raise _SourceError(exc) from exc
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            exc = TypeError(f"reader.read() returned {type(chunk).__name__}, not bytes")
+            self.failure = exc
+            raise _SourceError(exc) from exc
+        return chunk
 
 
 def _rewind(reader: Readable) -> bool:

@@ -7,7 +7,7 @@ import re
 from pydantic import ValidationError
 
 from openbatch.settings import S3Settings
-from openbatch.storage.base import ObjectStore
+from openbatch.storage.base import PART_SIZE, ObjectStore
 from openbatch.storage.errors import StorageError
 from openbatch.storage.local import LocalStore
 from openbatch.storage.s3 import S3Store
@@ -51,8 +51,12 @@ def split_uri(uri: str) -> tuple[str | None, str]:
     return bucket, key
 
 
-def open_uri(uri: str, settings: S3Settings | None = None) -> tuple[ObjectStore, str]:
+def open_uri(
+    uri: str, settings: S3Settings | None = None, part_size: int = PART_SIZE
+) -> tuple[ObjectStore, str]:
     """Return `(store, key)` for a URI accepted by `split_uri`.
+
+    `part_size` is the S3 store's multipart part size (see `PART_SIZE`, `MIN_PART_SIZE`).
 
     S3 URIs use `settings`, or `S3Settings()` from the environment (OPENBATCH_S3_*) when
     None; missing or invalid settings raise `StorageError(transient=False)`.
@@ -69,7 +73,7 @@ def open_uri(uri: str, settings: S3Settings | None = None) -> tuple[ObjectStore,
                 f"OPENBATCH_S3_ENDPOINT, OPENBATCH_S3_ACCESS_KEY and OPENBATCH_S3_SECRET_KEY, "
                 f"or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
             ) from None
-    return S3Store(bucket, settings), key
+    return S3Store(bucket, settings, part_size), key
 
 
 def _settings_problems(exc: ValidationError) -> str:
