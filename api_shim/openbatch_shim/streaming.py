@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import queue
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Future
 from typing import Final
 
@@ -109,7 +109,7 @@ class UploadSink:
             pass
 
 
-async def iter_object(store: ObjectStore, key: str) -> AsyncIterator[bytes]:
+async def iter_object(store: ObjectStore, key: str) -> AsyncGenerator[bytes, None]:
     """Stream an object's bytes from a worker thread, one chunk at a time.
 
     The next chunk is read while the current one is being sent (two chunks in memory), so
