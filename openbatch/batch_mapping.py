@@ -9,7 +9,8 @@ Decisions fixed here:
 - Batch id: the `openbatch.dev/batch-id` annotation the shim writes; for a kubectl-made
   object, its name with a leading `batch-` turned into `batch_`, else the name itself. Each
   rule survives `openbatch.ids.resource_name` unchanged, so the shim finds the CR again from
-  the id it served.
+  the id it served. The first reconcile freezes the id into `status.batchID`, which wins
+  from then on (an edited annotation changes nothing).
 - `input_file_id` of an S3 input (no uploaded file exists): `file-s3-` followed by the first
   32 hex digits of SHA-256 over `s3://<bucket>/<key>`. It is stable for an object location,
   fits the `fileID` pattern, cannot collide with generated ids (those have no `-` after
@@ -23,6 +24,7 @@ Decisions fixed here:
 """
 
 import hashlib
+import re
 from datetime import UTC, datetime
 
 from openbatch import wire
@@ -30,11 +32,13 @@ from openbatch.endpoints import Endpoint
 from openbatch.ids import resource_name
 from openbatch.resource import (
     BATCH_ID_ANNOTATION,
+    BATCH_ID_PATTERN,
     CANCEL_REQUESTED_ANNOTATION,
     COMPLETION_WINDOW_ANNOTATION,
     CREATED_NS_ANNOTATION,
     IDEMPOTENCY_DIGEST_ANNOTATION,
     IDEMPOTENCY_KEY_ANNOTATION,
+    MAX_BATCH_ID_LENGTH,
     MAX_ERROR_CODE_LENGTH,
     MAX_ERROR_MESSAGE_LENGTH,
     MAX_ERROR_PARAM_LENGTH,
@@ -73,10 +77,37 @@ class UnpersistedResource(ValueError):
     """
 
 
-def batch_id_of(job: BatchJob) -> str:
-    """The OpenAI batch id a BatchJob is served under (rules in the module docstring)."""
+_BATCH_ID = re.compile(BATCH_ID_PATTERN)
+
+
+def valid_batch_id(text: str) -> bool:
+    """A batch id names the work dir (`batches/<ns>/<id>`): one bounded, safe path segment."""
+    return len(text) <= MAX_BATCH_ID_LENGTH and _BATCH_ID.fullmatch(text) is not None
+
+
+def annotated_batch_id_problem(job: BatchJob) -> str | None:
+    """Why the batch-id annotation cannot name a work dir, or None (absent or valid)."""
     annotated = job.metadata.annotations.get(BATCH_ID_ANNOTATION)
-    if annotated:
+    if annotated is None or valid_batch_id(annotated):
+        return None
+    return (
+        f"annotation {BATCH_ID_ANNOTATION} {annotated[:80]!r} is not a batch id (at most "
+        f"{MAX_BATCH_ID_LENGTH} letters, digits, '_', '.' and '-', starting with a letter or digit)"
+    )
+
+
+def batch_id_of(job: BatchJob) -> str:
+    """The OpenAI batch id a BatchJob is served under (rules in the module docstring).
+
+    Once the operator has frozen it into `status.batchID` that value wins: the id selects
+    the work dir, so editing the annotation later must change nothing. An annotation that is
+    not a valid id is ignored here (the lifecycle fails such a batch before it starts).
+    """
+    frozen = job.status.batch_id
+    if frozen:
+        return frozen
+    annotated = job.metadata.annotations.get(BATCH_ID_ANNOTATION)
+    if annotated and valid_batch_id(annotated):
         return annotated
     name = job.metadata.name
     if name.startswith(_GENERATED_NAME_PREFIX):
@@ -167,22 +198,33 @@ def batch_from_resource(obj: BatchJob) -> wire.Batch:
 
 
 def status_usage_from_wire(usage: wire.BatchUsage) -> Usage:
-    """A runner's usage totals (wire shape) as `status.usage`."""
+    """A runner's usage totals (wire shape) as `status.usage`, each within its bounds."""
     return Usage(
-        input_tokens=usage.input_tokens,
+        input_tokens=bounded_count(usage.input_tokens),
         input_tokens_details=InputTokensDetails(
-            cached_tokens=usage.input_tokens_details.cached_tokens
+            cached_tokens=bounded_count(usage.input_tokens_details.cached_tokens)
         ),
-        output_tokens=usage.output_tokens,
+        output_tokens=bounded_count(usage.output_tokens),
         output_tokens_details=OutputTokensDetails(
-            reasoning_tokens=usage.output_tokens_details.reasoning_tokens
+            reasoning_tokens=bounded_count(usage.output_tokens_details.reasoning_tokens)
         ),
-        total_tokens=usage.total_tokens,
+        total_tokens=bounded_count(usage.total_tokens),
     )
 
 
-def _clip(text: str, limit: int) -> str:
+# The largest count or token total copied into a status: JSON-safe, well inside int64, and
+# small enough that `status.progress` ("done/total", at most 32 characters) always fits.
+MAX_COUNT = 10**15 - 1
+
+
+def clip_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (the last one an ellipsis when it was cut)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def bounded_count(value: int) -> int:
+    """A count from outside (a runner's record) within a status field's bounds."""
+    return min(max(value, 0), MAX_COUNT)
 
 
 def status_errors_from_wire(errors: wire.BatchErrors | None) -> list[ErrorItem]:
@@ -196,10 +238,10 @@ def status_errors_from_wire(errors: wire.BatchErrors | None) -> list[ErrorItem]:
         return []
     return [
         ErrorItem(
-            code=_clip(e.code, MAX_ERROR_CODE_LENGTH) or "unknown_error",
-            message=_clip(e.message, MAX_ERROR_MESSAGE_LENGTH),
-            param=None if e.param is None else _clip(e.param, MAX_ERROR_PARAM_LENGTH),
-            line=e.line if e.line is not None and e.line >= 1 else None,
+            code=clip_text(e.code, MAX_ERROR_CODE_LENGTH) or "unknown_error",
+            message=clip_text(e.message, MAX_ERROR_MESSAGE_LENGTH),
+            param=None if e.param is None else clip_text(e.param, MAX_ERROR_PARAM_LENGTH),
+            line=bounded_count(e.line) if e.line is not None and e.line >= 1 else None,
         )
         for e in errors.data[:MAX_STATUS_ERRORS]
     ]

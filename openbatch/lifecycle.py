@@ -21,13 +21,23 @@ Phases map 1:1 to OpenAI statuses. Lifecycle:
 """
 
 import hashlib
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
-from openbatch.batch_mapping import status_errors_from_wire, status_usage_from_wire
+from openbatch.batch_mapping import (
+    annotated_batch_id_problem,
+    batch_id_of,
+    bounded_count,
+    clip_text,
+    status_errors_from_wire,
+    status_usage_from_wire,
+)
 from openbatch.progress import FinalResult, ProgressRecord, RunState
 from openbatch.resource import (
+    MAX_MODEL_LENGTH,
+    MAX_STATUS_MESSAGE_LENGTH,
     BatchJob,
     BatchJobStatus,
     Condition,
@@ -40,6 +50,7 @@ from openbatch.resource import (
     format_progress,
 )
 from openbatch.usage import add_usage, from_batch_usage, to_batch_usage
+from openbatch.wire import BatchUsage
 
 TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.EXPIRED, Phase.CANCELLED})
 _PASSED_VALIDATION = frozenset(
@@ -49,6 +60,20 @@ _PASSED_VALIDATION = frozenset(
 
 MAX_MESSAGE = 4096  # a message this module writes from outside text
 MAX_NAME = 63  # a Kubernetes object name (DNS label), and so every child name
+MAX_LABEL = 63  # a label value derived from a name
+MAX_REASON = 128  # a backend's reason copied into a condition's reason
+
+
+def bounded_label(text: str, limit: int = MAX_LABEL) -> str:
+    """`text` if it fits `limit`, else its head and a hash of the whole (deterministic).
+
+    For label values derived from batch names: names may be far longer than a label value
+    may be, and a Job whose label is too long is refused by the API server forever.
+    """
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{text[: limit - len(digest) - 1].rstrip('-_.')}-{digest}"
 
 
 def child_name(batch_name: str, suffix: str) -> str:
@@ -73,6 +98,15 @@ def finalize_job_name(job: BatchJob) -> str:
     return child_name(job.metadata.name, "finalize")
 
 
+class Owner(StrEnum):
+    """Whose a child run under this batch's deterministic name is."""
+
+    THIS_BATCH = "this-batch"
+    # An earlier batch of the same name (deleted, its children not yet removed): wait.
+    EARLIER_BATCH = "earlier-batch"
+    OTHER = "other"  # made by someone else: never adopted
+
+
 @dataclass(frozen=True)
 class RunnerState:
     """What a backend shows of one child run: the runner (all shards) or the finalize step.
@@ -88,9 +122,20 @@ class RunnerState:
     stopped_at_deadline: bool = False
     reason: str | None = None
     message: str | None = None
+    owner: Owner = Owner.THIS_BATCH
+    owner_detail: str = ""  # who owns it instead, for the status message
 
 
 ABSENT = RunnerState(exists=False)
+
+
+@dataclass(frozen=True)
+class StartProblem:
+    """Why a backend cannot start a batch's runner (or finalize step) yet: its own reason
+    word (`CreateContainerConfigError`, `Unschedulable`, ...) and message."""
+
+    reason: str
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +156,14 @@ class Observed:
     # The input does not exist (or is not the tenant's): the batch fails validation before
     # a runner starts, as OpenAI fails a batch whose input_file_id it cannot find.
     input_missing: bool = False
+    # Where this batch's result files go (computed by the backend): a result naming any
+    # other location is not recorded. Empty: the backend computes none (not checked).
+    output_uri: str = ""
+    error_uri: str = ""
+    # Why the runner cannot start (None: nothing wrong seen), and how long that may last
+    # before the batch fails instead of waiting for its deadline.
+    start_problem: StartProblem | None = None
+    start_grace_seconds: float = 300.0
 
 
 class EventType(StrEnum):
@@ -143,22 +196,23 @@ def set_condition(
     *,
     type_: ConditionType,
     state: ConditionStatus,
-    reason: ConditionReason,
+    reason: ConditionReason | str,
     message: str,
     now: datetime,
     generation: int | None,
 ) -> None:
     """Add or update a condition; `lastTransitionTime` moves only when the status flips."""
+    message = clip_text(message, MAX_STATUS_MESSAGE_LENGTH)
     current = status.condition(type_)
     if current is not None and current.status is state:
-        current.reason = reason.value
+        current.reason = str(reason)
         current.message = message
         current.observed_generation = generation
         return
     fresh = Condition(
         type=type_,
         status=state,
-        reason=reason.value,
+        reason=str(reason),
         message=message,
         last_transition_time=now,
         observed_generation=generation,
@@ -178,7 +232,7 @@ class _Builder:
         self.decision = Decision(status=self.status)
 
     def condition(
-        self, type_: ConditionType, ok: bool, reason: ConditionReason, message: str
+        self, type_: ConditionType, ok: bool, reason: ConditionReason | str, message: str
     ) -> None:
         state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
         set_condition(
@@ -199,6 +253,7 @@ class _Builder:
         reason: ConditionReason | None = None,
     ) -> Decision:
         st = self.status
+        message = clip_text(message, MAX_STATUS_MESSAGE_LENGTH)
         st.phase = phase
         st.message = message
         stamp = {
@@ -239,6 +294,48 @@ def _failure_reason(status: BatchJobStatus) -> ConditionReason:
     return ConditionReason.INVALID_INPUT if status.errors else ConditionReason.RUNNER_FAILED
 
 
+def _bounded_usage(usage: BatchUsage) -> BatchUsage:
+    a, b, c, d, e = (bounded_count(n) for n in from_batch_usage(usage))
+    return to_batch_usage((a, b, c, d, e))
+
+
+def _clip_optional(text: str | None, limit: int) -> str | None:
+    return None if text is None else clip_text(text, limit)
+
+
+def bounded_progress(record: ProgressRecord) -> ProgressRecord:
+    """A runner's progress record with every value the status copies within the CRD's
+    bounds: runner-written objects are untrusted (docs/security.md), and one value out of
+    bounds (a 300-character model name, a 32 KB message, a negative count) would make the
+    status update, and so every reconcile of the batch, fail."""
+    return record.model_copy(
+        update={
+            "total": bounded_count(record.total),
+            "completed": bounded_count(record.completed),
+            "failed": bounded_count(record.failed),
+            "unrun": bounded_count(record.unrun),
+            "usage": _bounded_usage(record.usage),
+            "model": _clip_optional(record.model, MAX_MODEL_LENGTH),
+            "error_count": bounded_count(record.error_count),
+            "message": _clip_optional(record.message, MAX_MESSAGE),
+        }
+    )
+
+
+def bounded_result(result: FinalResult) -> FinalResult:
+    """`result.json` within the status's bounds, as `bounded_progress`."""
+    return result.model_copy(
+        update={
+            "total": bounded_count(result.total),
+            "completed": bounded_count(result.completed),
+            "failed": bounded_count(result.failed),
+            "unrun": bounded_count(result.unrun),
+            "usage": _bounded_usage(result.usage),
+            "model": _clip_optional(result.model, MAX_MODEL_LENGTH),
+        }
+    )
+
+
 def _mirror_progress(status: BatchJobStatus, shards: tuple[ProgressRecord | None, ...]) -> None:
     """Sum the shards' progress records into the status; counts never move backwards."""
     records = [r for r in shards if r is not None]
@@ -251,9 +348,9 @@ def _mirror_progress(status: BatchJobStatus, shards: tuple[ProgressRecord | None
     # The total is known only once every shard has validated and counted its lines.
     total = sum(r.total for r in records) if len(records) == len(shards) else 0
     status.request_counts = RequestCounts(
-        total=max(old.total, total),
-        completed=max(old.completed, sum(r.completed for r in records)),
-        failed=max(old.failed, sum(r.failed for r in records)),
+        total=bounded_count(max(old.total, total)),
+        completed=bounded_count(max(old.completed, sum(r.completed for r in records))),
+        failed=bounded_count(max(old.failed, sum(r.failed for r in records))),
     )
     if usage[4] >= status.usage.total_tokens:
         status.usage = status_usage_from_wire(to_batch_usage(usage))
@@ -262,8 +359,28 @@ def _mirror_progress(status: BatchJobStatus, shards: tuple[ProgressRecord | None
         status.model = model
 
 
+def _foreign_location(result: FinalResult, obs: Observed) -> str | None:
+    """A location the result names that is not the one the backend computed, or None."""
+    pairs = ((result.output_uri, obs.output_uri), (result.error_uri, obs.error_uri))
+    for written, computed in pairs:
+        if written and computed and written != computed:
+            return written
+    return None
+
+
 def _apply_result(b: _Builder, result: FinalResult, obs: Observed) -> Decision:
     st = b.status
+    elsewhere = _foreign_location(result, obs)
+    if elsewhere is not None:
+        # Only the locations computed from the namespace's root are ever recorded: a result
+        # pointing elsewhere would make clients fetch another batch's (or tenant's) data.
+        return b.phase(
+            Phase.FAILED,
+            f"the batch's result names {clip_text(elsewhere, 512)!r}, not the location "
+            "computed for this batch; nothing was recorded",
+            warning=True,
+            reason=ConditionReason.RUNNER_FAILED,
+        )
     st.request_counts = RequestCounts(
         total=result.total, completed=result.completed, failed=result.failed
     )
@@ -271,10 +388,10 @@ def _apply_result(b: _Builder, result: FinalResult, obs: Observed) -> Decision:
     if result.model:
         st.model = result.model
     if result.output_uri:
-        st.output_uri = result.output_uri
+        st.output_uri = obs.output_uri or clip_text(result.output_uri, 2048)
         st.output_file_id = obs.output_file_id or None
     if result.error_uri:
-        st.error_uri = result.error_uri
+        st.error_uri = obs.error_uri or clip_text(result.error_uri, 2048)
         st.error_file_id = obs.error_file_id or None
     # A batch can finish between two polls: the phases it went through still get their
     # timestamps, as OpenAI's do (in_progress_at <= finalizing_at <= completed_at).
@@ -359,9 +476,9 @@ def _admit(b: _Builder, obs: Observed) -> bool:
 def _runner_failure_message(obs: Observed) -> str:
     job = obs.runner
     last = next((r.message for r in obs.shards if r is not None and r.message), None)
-    parts = [f"runner failed ({job.reason or 'unknown reason'})"]
+    parts = [f"runner failed ({clip_text(job.reason or 'unknown reason', MAX_REASON)})"]
     if job.message:
-        parts.append(job.message)
+        parts.append(clip_text(job.message, MAX_MESSAGE))
     if last:
         parts.append(f"last runner message: {last}")
     return "; ".join(parts)
@@ -396,10 +513,106 @@ def observes_storage(job: BatchJob, runner: RunnerState) -> bool:
     """Whether a reconcile needs the batch's progress records and result (object storage
     reads). A batch still waiting for admission has none to read: its runner never ran. So
     a thousand queued batches cost no storage requests (docs/security.md, capacity)."""
-    if runner.exists or job.status.runner_job_name is not None:
+    ours = runner.exists and runner.owner is Owner.THIS_BATCH
+    if ours or job.status.runner_job_name is not None:
         return True
     admitted = job.status.condition(ConditionType.ADMITTED)
     return admitted is not None and admitted.status is ConditionStatus.TRUE
+
+
+_REASON_CHARS = re.compile(r"[^A-Za-z0-9_,:]")
+
+
+def reason_word(text: str, fallback: ConditionReason = ConditionReason.CANNOT_START) -> str:
+    """A backend's reason as a condition reason (CamelCase word, bounded), else `fallback`."""
+    word = _REASON_CHARS.sub("", text)[:MAX_REASON].rstrip(",:")
+    return word if word[:1].isalpha() else fallback.value
+
+
+def _child_conflict(b: _Builder, obs: Observed, deadline: datetime | None) -> Decision | None:
+    """A child under this batch's deterministic name that this batch did not make.
+
+    Another's child is never adopted (its pods could read this batch's work dir, or run
+    another spec): the batch fails. A child an earlier, deleted batch of the same name left
+    behind is removed by garbage collection shortly: the batch waits for it.
+    """
+    for step, name in (
+        (obs.runner, runner_job_name(b.job)),
+        (obs.finalize, finalize_job_name(b.job)),
+    ):
+        if not step.exists or step.owner is Owner.THIS_BATCH:
+            continue
+        if step.owner is Owner.OTHER:
+            message = (
+                f"{name} already exists and does not belong to this batch"
+                + (f" ({step.owner_detail})" if step.owner_detail else "")
+                + "; it is not adopted: delete it, or create the batch under another name"
+            )
+            return b.phase(
+                Phase.FAILED, message, warning=True, reason=ConditionReason.RUNNER_CONFLICT
+            )
+        if deadline is not None and b.now >= deadline:
+            return b.phase(
+                Phase.EXPIRED, "completion window expired before the batch started", warning=True
+            )
+        return b.phase(
+            b.status.phase or Phase.VALIDATING,
+            f"waiting for {name} of an earlier batch of this name to be removed",
+        )
+    return None
+
+
+def _start_problem(b: _Builder, obs: Observed) -> Decision | None:
+    """Mirror why the runner cannot start into `RunnerStarted`; fail after the grace.
+
+    The grace runs from the condition's `lastTransitionTime` (level-based: a restarted
+    backend measures from the same instant), so transient trouble (an image pull retried)
+    that clears in time only leaves `RunnerStarted=True`.
+    """
+    problem = obs.start_problem
+    current = b.status.condition(ConditionType.RUNNER_STARTED)
+    if problem is None:
+        if current is not None and current.status is ConditionStatus.FALSE:
+            b.condition(ConditionType.RUNNER_STARTED, True, ConditionReason.STARTED, "started")
+        return None
+    reason = reason_word(problem.reason)
+    message = clip_text(problem.message or problem.reason, MAX_MESSAGE)
+    b.condition(ConditionType.RUNNER_STARTED, False, reason, message)
+    since = b.status.condition(ConditionType.RUNNER_STARTED)
+    assert since is not None  # just set
+    if (b.now - since.last_transition_time).total_seconds() < obs.start_grace_seconds:
+        return None
+    # Should the runner start after all (a Secret created late), it stops at once.
+    b.decision.write_cancel_marker = not obs.cancel_marker
+    return b.phase(
+        Phase.FAILED,
+        f"the runner could not start within {obs.start_grace_seconds:g}s: {reason}: {message}",
+        warning=True,
+        reason=ConditionReason.CANNOT_START,
+    )
+
+
+def _freeze_batch_id(b: _Builder) -> Decision | None:
+    """Record the batch id at the first reconcile; fail a batch whose annotation is not one.
+
+    Frozen because the id selects the work dir: an annotation edited later must not move a
+    running batch's progress, parts and results somewhere else.
+    """
+    if b.status.batch_id is not None:
+        return None
+    problem = annotated_batch_id_problem(b.job)
+    if problem is not None:
+        message = f"the BatchJob is invalid: {problem}"
+        b.condition(ConditionType.VALIDATED, False, ConditionReason.INVALID_SPEC, message)
+        return b.phase(Phase.FAILED, message, warning=True, reason=ConditionReason.INVALID_SPEC)
+    b.status.batch_id = batch_id_of(b.job)
+    return None
+
+
+def _bounded(obs: Observed) -> Observed:
+    shards = tuple(None if r is None else bounded_progress(r) for r in obs.shards)
+    result = None if obs.result is None else bounded_result(obs.result)
+    return replace(obs, shards=shards, result=result)
 
 
 def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa: PLR0911, PLR0912
@@ -410,6 +623,10 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
     st.observed_generation = job.metadata.generation
     deadline = job.deadline()
     st.expires_time = deadline
+    conflict = _freeze_batch_id(b) or _child_conflict(b, obs, deadline)
+    if conflict is not None:
+        return conflict
+    obs = _bounded(obs)  # everything below copies runner-written values into the status
     _mirror_progress(st, obs.shards)
 
     if obs.result is not None:
@@ -451,6 +668,9 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
                 warning=True,
             )
         return b.phase(Phase.FAILED, _runner_failure_message(obs), warning=True)
+    cannot_start = _start_problem(b, obs)
+    if cannot_start is not None:
+        return cannot_start
     if obs.runner.complete:
         st.finalize_job_name = st.finalize_job_name or finalize_job_name(job)
         if obs.finalize.failed_for_good:
@@ -474,5 +694,12 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
         return b.phase(
             Phase.IN_PROGRESS,
             f"{counts.completed + counts.failed} of {counts.total} requests done",
+        )
+    if obs.start_problem is not None:
+        started_cond = st.condition(ConditionType.RUNNER_STARTED)
+        return b.phase(
+            Phase.VALIDATING,
+            "the runner cannot start yet: "
+            + (f"{started_cond.reason}: {started_cond.message}" if started_cond else ""),
         )
     return b.phase(Phase.VALIDATING, "runner is validating the input")

@@ -5,8 +5,9 @@ It travels through object storage because the runner has no Kubernetes credentia
 """
 
 from enum import StrEnum
+from typing import TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from openbatch.wire import BatchErrors, BatchUsage
 
@@ -78,3 +79,24 @@ class FinalResult(BaseModel):
     error_uri: str | None = None  # null when there were no error lines
     output_lines: int = 0
     error_lines: int = 0
+
+
+# Bounds on what a reader of runner-written objects reads (they are untrusted: a runner
+# parses untrusted input, docs/security.md). A progress record holds at most 100
+# validation errors of bounded size; a result is a few hundred bytes.
+MAX_PROGRESS_BYTES = 1 << 20
+MAX_RESULT_BYTES = 64 << 10
+
+_Record = TypeVar("_Record", ProgressRecord, FinalResult)
+
+
+def parse_record(model: type[_Record], data: bytes, limit: int) -> _Record | None:
+    """`data` as a `model`, or None when it is larger than `limit` bytes or is not one
+    (wrong types, not JSON). A reader passes at most `limit + 1` bytes, so an oversized
+    object is recognised without reading it whole."""
+    if len(data) > limit:
+        return None
+    try:
+        return model.model_validate_json(data)
+    except ValidationError:
+        return None

@@ -72,6 +72,9 @@ MAX_ERROR_PARAM_LENGTH = 256
 MAX_METADATA_PAIRS = 16  # OpenAI `Metadata`
 MAX_METADATA_KEY_LENGTH = 64
 MAX_METADATA_VALUE_LENGTH = 512
+MAX_MODEL_LENGTH = 256  # status.model
+MAX_STATUS_MESSAGE_LENGTH = 32768  # status.message and every condition's message
+MAX_BATCH_ID_LENGTH = 253  # a batch id is a path segment of the work dir (DESIGN §4)
 
 # OpenAI's `expires_after` / `output_expires_after` bounds: 1 hour to 30 days.
 MIN_EXPIRES_AFTER_SECONDS = 3600
@@ -90,6 +93,8 @@ URL_PATH_PATTERN = r"^/\S*$"
 # metav1.Condition's reason: a CamelCase word meant for machines.
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 PROGRESS_PATTERN = r"^[0-9]+/[0-9]+$"
+# A batch id (`batch_…`, or a name-derived one): one safe path segment, never `.` or `..`.
+BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 _ACRONYMS = {"id": "ID", "uri": "URI", "url": "URL"}
 
@@ -266,6 +271,8 @@ class ConditionType(StrEnum):
     RUNNING = "Running"  # runner pods are working on requests
     COMPLETE = "Complete"  # terminal success (OpenAI `completed`)
     FAILED = "Failed"  # terminal: failed, expired or cancelled, told apart by the reason
+    # The runner could start (False: the backend's reason it cannot, e.g. a missing Secret).
+    RUNNER_STARTED = "RunnerStarted"
 
 
 class ConditionStatus(StrEnum):
@@ -296,6 +303,12 @@ class ConditionReason(StrEnum):
     # The object breaks the CRD's schema (it bypassed the API server's validation, or the
     # CRD is older than the operator): failed with the first schema error.
     INVALID_SPEC = "InvalidSpec"
+    # The runner started after the backend reported why it could not (RunnerStarted=True).
+    STARTED = "Started"
+    # The runner could not start within the grace period (its reason is in the message).
+    CANNOT_START = "CannotStart"
+    # A child under the runner's deterministic name exists that this batch does not own.
+    RUNNER_CONFLICT = "RunnerConflict"
 
 
 class Condition(KubeModel):
@@ -304,7 +317,7 @@ class Condition(KubeModel):
     type: ConditionType
     status: ConditionStatus
     reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)
-    message: str = Field(max_length=32768)
+    message: str = Field(max_length=MAX_STATUS_MESSAGE_LENGTH)
     last_transition_time: Time
     observed_generation: int | None = Field(default=None, ge=0)
 
@@ -353,7 +366,12 @@ class BatchJobStatus(KubeModel):
     usage: Usage = Field(default_factory=Usage)
     errors: list[ErrorItem] = Field(default_factory=list, max_length=MAX_STATUS_ERRORS)
     error_count: int = Field(default=0, ge=0)
-    model: str | None = Field(default=None, max_length=256)
+    model: str | None = Field(default=None, max_length=MAX_MODEL_LENGTH)
+    # The batch id (work dir) fixed at the first reconcile: editing the annotation later
+    # changes nothing.
+    batch_id: str | None = Field(
+        default=None, max_length=MAX_BATCH_ID_LENGTH, pattern=BATCH_ID_PATTERN
+    )
     output_file_id: str | None = Field(default=None, max_length=69, pattern=FILE_ID_PATTERN)
     error_file_id: str | None = Field(default=None, max_length=69, pattern=FILE_ID_PATTERN)
     output_uri: str | None = Field(default=None, max_length=2048)
@@ -368,7 +386,7 @@ class BatchJobStatus(KubeModel):
     cancelling_time: Time | None = None
     cancelled_time: Time | None = None
     expires_time: Time | None = None
-    message: str | None = Field(default=None, max_length=32768)
+    message: str | None = Field(default=None, max_length=MAX_STATUS_MESSAGE_LENGTH)
 
     def condition(self, type_: ConditionType) -> Condition | None:
         """The condition of that type, if the operator has written one."""

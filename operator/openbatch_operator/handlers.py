@@ -23,6 +23,7 @@ from openbatch.lifecycle import (
     TERMINAL_PHASES,
     Decision,
     Observed,
+    StartProblem,
     finalize_job_name,
     invalid_spec_status,
     observes_storage,
@@ -42,8 +43,13 @@ from openbatch.routing import RoutingTable
 from openbatch.tenancy import ResolvedTenant, TenancyConfig, preflight, tenancy_for
 from openbatch_operator.errors import KubernetesUnavailable, OperatorError, to_kopf
 from openbatch_operator.metrics import Metrics
-from openbatch_operator.port import ClusterPort, StoragePort
-from openbatch_operator.resources import build_finalize_job, build_runner_job
+from openbatch_operator.port import ClusterPort, StoragePort, pod_start_problem
+from openbatch_operator.resources import (
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    build_finalize_job,
+    build_runner_job,
+)
 from openbatch_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()  # read at import: kopf needs the timer interval up front
@@ -203,8 +209,35 @@ def _entries(index: kopf.Index[Any, Any], state: State) -> list[QueueEntry]:
     return out
 
 
+@kopf.index("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def runner_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], StartProblem | None]:
+    """Every pod of our Jobs, by (namespace, Job name): why it cannot start, or None.
+
+    A watch (kopf keeps the index current), so a reconcile asks the API nothing more; a
+    pod's problem shows on its BatchJob within one poll interval."""
+    job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
+    return {(namespace or "", job_name): pod_start_problem(body)}
+
+
+def _start_problem(
+    pods: kopf.Index[tuple[str, str], StartProblem | None], namespace: str, job: BatchJob
+) -> StartProblem | None:
+    """The first start problem among the pods of this batch's runner and finalize Jobs."""
+    for job_name in (runner_job_name(job), finalize_job_name(job)):
+        for problem in pods.get((namespace, job_name), ()):
+            if problem is not None:
+                return problem
+    return None
+
+
 async def reconcile_once(
-    namespace: str, name: str, state: State, index: kopf.Index[Any, Any]
+    namespace: str,
+    name: str,
+    state: State,
+    index: kopf.Index[Any, Any],
+    pods: kopf.Index[tuple[str, str], StartProblem | None],
 ) -> Decision | None:
     key = (namespace, name)
     async with state.lock(key):
@@ -221,13 +254,16 @@ async def reconcile_once(
         cfg = state.settings
         tenant, refusal = state.tenant(namespace)
         where = locations_of(job, tenant.root)
-        runner = await state.cluster.read_job(namespace, runner_job_name(job))
+        uid, batch_name = job.metadata.uid, job.metadata.name
+        runner = await state.cluster.read_job(namespace, runner_job_name(job), uid, batch_name)
         # Queued batches read nothing from object storage until they are admitted.
         if observes_storage(job, runner):
             shards, result, marker = await state.storage.observe(
                 where.work_uri, job.spec.parallelism
             )
-            finalize = await state.cluster.read_job(namespace, finalize_job_name(job))
+            finalize = await state.cluster.read_job(
+                namespace, finalize_job_name(job), uid, batch_name
+            )
         else:
             shards, result, marker, finalize = (), None, False, ABSENT
         async with state.admission_lock:
@@ -247,6 +283,10 @@ async def reconcile_once(
                 refusal=refusal or preflight(job, tenant),
                 output_file_id=where.output_file_id,
                 error_file_id=where.error_file_id,
+                output_uri=where.output_uri,
+                error_uri=where.error_uri,
+                start_problem=_start_problem(pods, namespace, job),
+                start_grace_seconds=cfg.runner_start_grace_seconds,
             )
             now = datetime.now(UTC)
             decision = reconcile(job, observed, now)
@@ -332,12 +372,16 @@ async def _apply(  # noqa: PLR0917
     await state.cluster.patch_status(namespace, job.metadata.name, status)
 
 
-async def _handle(
-    namespace: str | None, name: str | None, memo: kopf.Memo, index: kopf.Index[Any, Any]
-) -> None:
+async def _handle(namespace: str | None, name: str | None, memo: kopf.Memo, **indexes: Any) -> None:
     state: State = memo["openbatch"]
     try:
-        await reconcile_once(namespace or "default", name or "", state, index)
+        await reconcile_once(
+            namespace or "default",
+            name or "",
+            state,
+            indexes["batch_queue"],
+            indexes["runner_pods"],
+        )
     except OperatorError as exc:
         state.metrics.reconcile_errors.inc()
         raise to_kopf(exc) from exc
@@ -347,7 +391,7 @@ async def _handle(
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def on_change(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    await _handle(namespace, name, memo, kwargs["batch_queue"])
+    await _handle(namespace, name, memo, **kwargs)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -380,4 +424,4 @@ def _not_terminal(status: kopf.Status, **_: Any) -> bool:
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.poll_interval_seconds, when=_not_terminal)
 async def tick(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    await _handle(namespace, name, memo, kwargs["batch_queue"])
+    await _handle(namespace, name, memo, **kwargs)

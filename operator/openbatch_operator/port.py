@@ -7,16 +7,22 @@ idempotent at this edge: creating what exists (409) and deleting what is gone (4
 import asyncio
 import logging
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
-from pydantic import ValidationError
 
 from openbatch.layout import cancel_key, progress_key, result_key
-from openbatch.lifecycle import ABSENT, RunnerState
-from openbatch.progress import FinalResult, ProgressRecord
+from openbatch.lifecycle import ABSENT, Owner, RunnerState, StartProblem
+from openbatch.progress import (
+    MAX_PROGRESS_BYTES,
+    MAX_RESULT_BYTES,
+    FinalResult,
+    ProgressRecord,
+    parse_record,
+)
 from openbatch.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION, format_time
 from openbatch.storage import ObjectNotFound, ObjectStore, StorageError, open_uri
 from openbatch_operator.errors import KubernetesUnavailable, StorageUnavailable
@@ -30,11 +36,33 @@ HTTP_CONFLICT = 409
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
-def job_state(obj: Any) -> RunnerState:
+def ownership(meta: Mapping[str, Any], batch_uid: str | None, batch_name: str) -> tuple[Owner, str]:
+    """Whose a child Job is, from its controller owner reference (and why not ours).
+
+    Only a Job whose controller is this very BatchJob (same uid) is adopted. One whose
+    controller is a BatchJob of the same name with another uid was left by a deleted
+    predecessor: garbage collection removes it. Anything else (no controller, another
+    kind, another name) was made by someone else.
+    """
+    refs = [r for r in meta.get("ownerReferences") or [] if isinstance(r, Mapping)]
+    controller = next((r for r in refs if r.get("controller") is True), None)
+    if controller is None:
+        return Owner.OTHER, "it has no controller owner reference"
+    kind, name, uid = controller.get("kind"), controller.get("name"), controller.get("uid")
+    if kind == KIND and str(controller.get("apiVersion", "")).startswith(f"{GROUP}/"):
+        if batch_uid and uid == batch_uid:
+            return Owner.THIS_BATCH, ""
+        if name == batch_name:
+            return Owner.EARLIER_BATCH, f"its controller is an earlier BatchJob, uid {uid}"
+    return Owner.OTHER, f"its controller is {str(kind)[:63]} {str(name)[:253]}"
+
+
+def job_state(obj: Any, batch_uid: str | None = None, batch_name: str = "") -> RunnerState:
     """Summarise a `V1Job` (or its dict form) into what reconcile needs."""
     data: dict[str, Any] = (
         obj if isinstance(obj, dict) else k8s.ApiClient().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
     )
+    owner, detail = ownership(data.get("metadata") or {}, batch_uid, batch_name)
     status = data.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     complete = (conditions.get("Complete") or {}).get("status") == "True"
@@ -48,7 +76,48 @@ def job_state(obj: Any) -> RunnerState:
         stopped_at_deadline=reason == DEADLINE_EXCEEDED,
         reason=reason,
         message=failed.get("message") if failed_for_good else None,
+        owner=owner,
+        owner_detail=detail,
     )
+
+
+# Waiting reasons of a container that cannot start by itself soon; ContainerCreating and
+# PodInitializing are normal steps, not problems.
+START_FAILURES = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "RunContainerError",
+    }
+)
+
+
+def pod_start_problem(pod: Mapping[str, Any]) -> StartProblem | None:
+    """Why a pod cannot start (a container waiting on a missing Secret, ConfigMap or image,
+    or the pod unschedulable), or None: it runs, ran, is starting normally, or is going."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    statuses = list(status.get("initContainerStatuses") or [])
+    statuses += list(status.get("containerStatuses") or [])
+    for container in statuses:
+        waiting = ((container or {}).get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in START_FAILURES:
+            return StartProblem(str(reason), str(waiting.get("message") or ""))
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return StartProblem("Unschedulable", str(condition.get("message") or ""))
+    return None
 
 
 class ClusterPort:
@@ -118,14 +187,16 @@ class ClusterPort:
                 return  # deleted meanwhile: nothing left to report on
             raise KubernetesUnavailable(f"patching {namespace}/{name} status: {exc}") from exc
 
-    async def read_job(self, namespace: str, name: str) -> RunnerState:
+    async def read_job(
+        self, namespace: str, name: str, batch_uid: str | None, batch_name: str
+    ) -> RunnerState:
         try:
             job = await asyncio.to_thread(self._batch.read_namespaced_job, name, namespace)
         except ApiException as exc:
             if exc.status == HTTP_NOT_FOUND:
                 return ABSENT
             raise KubernetesUnavailable(f"reading Job {namespace}/{name}: {exc}") from exc
-        return job_state(job)
+        return job_state(job, batch_uid, batch_name)
 
     async def create_job(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:
@@ -138,6 +209,24 @@ class ClusterPort:
             raise KubernetesUnavailable(
                 f"creating Job {namespace}/{manifest['metadata']['name']}: {exc}"
             ) from exc
+
+
+def _read_capped(store: ObjectStore, key: str, limit: int) -> bytes | None:
+    """At most `limit + 1` bytes of the object (enough to tell it is too large), or None
+    when it does not exist: a runner-written object is never read whole."""
+    try:
+        with store.open_read(key) as reader:
+            chunks: list[bytes] = []
+            size = 0
+            while size <= limit:
+                chunk = reader.read(min(1 << 16, limit + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+    except ObjectNotFound:
+        return None
 
 
 class StoragePort:
@@ -160,26 +249,17 @@ class StoragePort:
         store, work = self._store(work_uri)
         records: list[ProgressRecord | None] = []
         for shard in range(shards):
-            try:
-                data = store.read_bytes(progress_key(work, shard))
-            except ObjectNotFound:
-                records.append(None)
-                continue
-            try:
-                records.append(ProgressRecord.model_validate_json(data))
-            except ValidationError as exc:
-                # Not written by a runner (or by a newer one): no progress to mirror. The
-                # runner refuses such a work dir itself, and its Job failure says so.
-                _log.warning(
-                    "unreadable progress record of shard %d in %s: %s", shard, work_uri, exc
-                )
-                records.append(None)
-        try:
-            result: FinalResult | None = FinalResult.model_validate_json(
-                store.read_bytes(result_key(work))
-            )
-        except ObjectNotFound:
-            result = None
+            data = _read_capped(store, progress_key(work, shard), MAX_PROGRESS_BYTES)
+            record = parse_record(ProgressRecord, data, MAX_PROGRESS_BYTES) if data else None
+            if data and record is None:
+                # Not written by a runner (or by a newer one), or too large: no progress to
+                # mirror. The runner refuses such a work dir itself, and its Job failure says so.
+                _log.warning("unreadable progress record of shard %d in %s", shard, work_uri)
+            records.append(record)
+        data = _read_capped(store, result_key(work), MAX_RESULT_BYTES)
+        result = parse_record(FinalResult, data, MAX_RESULT_BYTES) if data else None
+        if data and result is None:
+            _log.warning("unreadable result record in %s", work_uri)
         return tuple(records), result, store.exists(cancel_key(work))
 
     async def input_present(self, input_uri: str) -> bool:

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from openbatch.launch import ModelTarget, finalize_args_for, runner_args_for
-from openbatch.lifecycle import finalize_job_name, runner_job_name
+from openbatch.lifecycle import bounded_label, finalize_job_name, runner_job_name
 from openbatch.locations import BatchLocations
 from openbatch.resource import API_VERSION, KIND, BatchJob
 from openbatch.routing import RoutingTable
@@ -29,6 +29,8 @@ PLATFORM_KEY_KEY = "apiKey"  # key of OPENBATCH_OPERATOR_MODEL_SERVER_API_KEY_SE
 ROUTING_MOUNT = "/etc/openbatch/routing"
 LABEL_BATCHJOB = "openbatch.dev/batchjob"
 LABEL_ROLE = "openbatch.dev/role"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "openbatch-operator"  # the operator watches the pods with this label
 
 
 def model_server_url(job: BatchJob, settings: OperatorSettings) -> str | None:
@@ -59,9 +61,10 @@ def owner_reference(job: BatchJob) -> dict[str, Any]:
 def _labels(job: BatchJob, role: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "openbatch-runner",
-        "app.kubernetes.io/managed-by": "openbatch-operator",
+        LABEL_MANAGED_BY: MANAGED_BY,
         "app.kubernetes.io/component": role,
-        LABEL_BATCHJOB: job.metadata.name,
+        # Names may be up to 253 characters, label values only 63: longer ones are hashed.
+        LABEL_BATCHJOB: bounded_label(job.metadata.name),
         LABEL_ROLE: role,
     }
 

@@ -81,6 +81,13 @@ class OperatorSettings(BaseSettings):
         ge=0,
         description="activeDeadlineSeconds = time to the batch deadline + this backstop",
     )
+    runner_start_grace_seconds: float = Field(
+        default=180.0,
+        ge=0,
+        le=86_400,
+        description="how long a runner pod may fail to start (missing Secret or ConfigMap, "
+        "image pull failure, unschedulable) before its batch fails (CannotStart)",
+    )
     runner_cpu_request: str = "500m"
     runner_cpu_limit: str = "2"
     runner_memory_request: str = "256Mi"

@@ -59,6 +59,7 @@ OPERATOR_NAMESPACED: set[Rule] = {
     ("openbatch.dev", "batchjobs", ("get", "list", "watch", "patch")),
     ("openbatch.dev", "batchjobs/status", ("get", "patch")),
     ("batch", "jobs", ("get", "list", "watch", "create")),
+    ("", "pods", ("get", "list", "watch")),  # pods that cannot start (issue 8, section 6)
     ("", "events", ("create", "patch")),
     ("events.k8s.io", "events", ("create", "patch")),
 }

@@ -21,6 +21,11 @@ What it does, per Job it sees (all namespaces, or one):
   annotations['k'], spec.nodeName, spec.serviceAccountName, status.podIP/hostIP); a missing
   Secret/ConfigMap/key keeps the pod Pending with `CreateContainerConfigError` and is retried,
   as the kubelet does; Secret `data` is base64-decoded (`stringData` also read);
+- pods that cannot start, as a real cluster shows them: an image under one of
+  `missing_images` (prefixes) keeps the pod Pending, its container waiting in `ErrImagePull`
+  then `ImagePullBackOff` (alternating, retried); requests above `node_allocatable`
+  (`cpu`, `memory`) keep it Pending with `PodScheduled=False`, reason `Unschedulable`
+  ("0/1 nodes are available: 1 Insufficient cpu."). Such pods never run and are not counted;
 - volumes: `configMap`, `secret` and `emptyDir` volumes become per-pod directories (configMap and
   secret keys, or their `items`, written as files); every argument and env value that starts with
   a container's `mountPath` (also in `--flag=/mount/...` form) is rewritten to that directory,
@@ -119,6 +124,27 @@ def parse_indexes(text: str) -> set[int]:
         low, _, high = part.partition("-")
         result.update(range(int(low), int(high or low) + 1))
     return result
+
+
+_QUANTITY_SUFFIXES = {
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+}
+
+
+def parse_quantity(text: str) -> float:
+    """A Kubernetes resource quantity (`500m`, `2`, `256Mi`, `1G`) as a number."""
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(text).strip())
+    if match is None or match[2] not in ("", *_QUANTITY_SUFFIXES):
+        raise ValueError(f"not a quantity: {text!r}")
+    return float(match[1]) * _QUANTITY_SUFFIXES.get(match[2], 1.0)
 
 
 def expand_vars(value: str, env: Mapping[str, str]) -> str:
@@ -268,6 +294,8 @@ class KubeletHarness:
         max_grace_seconds: float = 5.0,
         retry_backoff_seconds: float = 0.0,
         config_retry_seconds: float = 0.5,
+        missing_images: Sequence[str] = (),
+        node_allocatable: Mapping[str, str] | None = None,
         token: str = "kubelet-harness",  # noqa: S107  # the emulator accepts any token
     ) -> None:
         self.api_url = api_url.rstrip("/")
@@ -280,6 +308,14 @@ class KubeletHarness:
         self.max_grace_seconds = max_grace_seconds
         self.retry_backoff_seconds = retry_backoff_seconds
         self.config_retry_seconds = config_retry_seconds
+        # Image prefixes no registry has: their pods wait in ErrImagePull / ImagePullBackOff.
+        # Read when a pod starts, so a test may set it on a running harness.
+        self.missing_images: tuple[str, ...] = tuple(missing_images)
+        # What the one node can hold (`cpu`, `memory`); a pod requesting more stays Pending
+        # with PodScheduled=False, reason Unschedulable. None: unlimited.
+        self.node_allocatable: dict[str, str] | None = (
+            dict(node_allocatable) if node_allocatable is not None else None
+        )
         self._token = token
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path()
@@ -1063,6 +1099,8 @@ class KubeletHarness:
         """Resolve the pod's configuration, run the process (restarting on OnFailure), report."""
         try:
             code: int | None = None
+            if await self._wait_unstartable(run):
+                return  # stopped while it could not start: never ran, so never counted
             while run.stop_reason is None:
                 try:
                     argv, env, cwd = await self._prepare(run)
@@ -1097,6 +1135,84 @@ class KubeletHarness:
         except Exception:
             _log.exception("running pod %s/%s failed", run.namespace, run.name)
             await self._finish_run(state, run, 128)
+
+    def _unschedulable(self, run: _PodRun) -> str | None:
+        """The scheduler's message when the pod's requests exceed the node, else None."""
+        if self.node_allocatable is None:
+            return None
+        requests = (run.container.get("resources") or {}).get("requests") or {}
+        short = [
+            name
+            for name, capacity in sorted(self.node_allocatable.items())
+            if name in requests and parse_quantity(requests[name]) > parse_quantity(capacity)
+        ]
+        if not short:
+            return None
+        reasons = ", ".join(f"1 Insufficient {name}" for name in short)
+        return f"0/1 nodes are available: {reasons}. preemption: 0/1 nodes are available."
+
+    def _unpullable(self, run: _PodRun) -> bool:
+        image = str(run.container.get("image", ""))
+        return any(image.startswith(prefix) for prefix in self.missing_images)
+
+    async def _wait_unstartable(self, run: _PodRun) -> bool:
+        """Keep a pod that cannot be scheduled, or whose image cannot be pulled, Pending
+        (with the status a real cluster shows) until it is stopped; True if it was."""
+        unschedulable = self._unschedulable(run)
+        if unschedulable is None and not self._unpullable(run):
+            return False
+        image = str(run.container.get("image", ""))
+        attempt = 0
+        while run.stop_reason is None:
+            if unschedulable is not None:
+                status = self._unschedulable_status(unschedulable)
+            else:
+                status = self._pull_failure_status(run, image, backoff=attempt % 2 == 1)
+            if attempt <= 1 or unschedulable is None:
+                await self._patch_status(self._pod_path(run), status)
+            attempt += 1
+            await asyncio.sleep(self.config_retry_seconds)
+        run.phase = "Failed"
+        run.counted = True  # the Job controller does not count pods that never ran
+        self._changed()
+        await self._release_pod(run, delete=run.deleting)
+        return True
+
+    @staticmethod
+    def _unschedulable_status(message: str) -> JsonDict:
+        return {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                    "lastTransitionTime": now_rfc3339(),
+                }
+            ],
+        }
+
+    def _pull_failure_status(self, run: _PodRun, image: str, *, backoff: bool) -> JsonDict:
+        if backoff:
+            waiting = {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}
+        else:
+            waiting = {
+                "reason": "ErrImagePull",
+                "message": f'failed to pull and unpack image "{image}": not found',
+            }
+        return {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {
+                    **self._container_base(run),
+                    "ready": False,
+                    "started": False,
+                    "state": {"waiting": waiting},
+                }
+            ],
+        }
 
     async def _spawn_and_wait(
         self, state: _JobState, run: _PodRun, argv: list[str], env: dict[str, str], cwd: Path

@@ -531,6 +531,7 @@ def _full_status_job() -> BatchJob:
         ],
         error_count=2,
         model="tiny",
+        batch_id="batch_abc",
         output_file_id="file-out",
         error_file_id="file-err",
         output_uri="s3://openbatch/files/team-a/file-out",

@@ -335,6 +335,8 @@ class LocalBackend:
             max_concurrent=self._max_concurrent,
             output_file_id=where.output_file_id,
             error_file_id=where.error_file_id,
+            output_uri=where.output_uri,
+            error_uri=where.error_uri,
             input_missing=input_missing and not runner.procs,
         )
         now = datetime.now(UTC)
