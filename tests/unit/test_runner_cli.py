@@ -13,6 +13,7 @@ from openbatch.runner_args import (
     HttpClientKind,
     ProgressMode,
     RunnerArgs,
+    ServerKind,
     build_finalize_parser,
     build_run_parser,
     parse_finalize_argv,
@@ -171,6 +172,11 @@ def _every_field_changed() -> RunnerArgs:
         max_retry_wait=60,
         outage_timeout=30,
         http_client=HttpClientKind.AIOHTTP,
+        polite=True,
+        polite_metrics_url="http://m:9/stats",
+        polite_server_kind=ServerKind.SGLANG,
+        polite_queue_threshold=2.5,
+        polite_scrape_interval=0.25,
     )
 
 
