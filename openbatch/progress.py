@@ -30,6 +30,14 @@ class RunState(StrEnum):
 _TERMINAL = frozenset({RunState.COMPLETED, RunState.CANCELLED, RunState.EXPIRED, RunState.FAILED})
 
 
+class WindowMode(StrEnum):
+    """How a runner sizes its in-flight window (`spec.concurrency.mode`)."""
+
+    FIXED = "fixed"  # --concurrency, as given
+    ADAPTIVE = "adaptive"  # --adaptive: AIMD on 429/503/timeouts and latency
+    POLITE = "polite"  # --polite: each server's own load; deadline pressure
+
+
 class InputFingerprint(BaseModel):
     """Identifies the input a work dir belongs to, so a resume never mixes two files.
 
@@ -61,6 +69,14 @@ class ProgressRecord(BaseModel):
     started_at: float | None = None
     updated_at: float | None = None
     message: str | None = None
+    # How the window is sized (written from the first dispatch on). Plain strings, so a
+    # newer runner's new mode or signal never makes an older reader refuse the record.
+    window_mode: str | None = Field(default=None, max_length=32)
+    window: int | None = Field(default=None, ge=1)  # the shard's in-flight window now
+    # --polite: what each server's window follows (`vllm`, `llamacpp`, `latency`, ...),
+    # comma-separated in server order; and whether the deadline forces more capacity.
+    load_signal: str | None = Field(default=None, max_length=256)
+    deadline_pressure: bool = False
 
 
 class FinalResult(BaseModel):

@@ -20,6 +20,7 @@ from openbatch.runner_args import (
     parse_run_argv,
 )
 from openbatch_runner.cli import default_errors, default_output, parse_run_args
+from openbatch_runner.polite_gate import metrics_url_for
 from openbatch_runner.progress_view import ProgressView, Snapshot, format_duration, render_bar
 
 
@@ -93,11 +94,50 @@ def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ["in.jsonl", "--base-url", "http://a", "--deadline", "2030-01-01T00:00:00"],  # no zone
         ["in.jsonl", "--base-url", "http://a", "--concurrency", "0"],
         ["in.jsonl", "--base-url", "http://a", "--request-timeout", "-1"],
+        ["in.jsonl", "--base-url", "http://a", "--polite", "--adaptive"],
+        ["in.jsonl", "--base-url", "http://a", "--polite-metrics-url", "metrics"],
+        ["in.jsonl", "--base-url", "http://a", "--polite-server-kind", "nginx"],
+        ["in.jsonl", "--base-url", "http://a", "--polite-queue-threshold", "-1"],
+        ["in.jsonl", "--base-url", "http://a", "--polite-scrape-interval", "0"],
+        # One full metrics URL cannot stand for several servers' own loads.
+        [
+            *["in.jsonl", "--base-url", "http://a", "--base-url", "http://b", "--polite"],
+            *["--polite-metrics-url", "http://a/metrics"],
+        ],
     ],
 )
 def test_bad_options_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse_run_args(argv)
+
+
+def test_polite_options() -> None:
+    cfg = parse_run_args(["in.jsonl", "--base-url", "http://a/v1", "--polite"])
+    assert (cfg.polite, cfg.adaptive, cfg.elastic) == (True, False, True)
+    assert cfg.polite_metrics_url == "/metrics"
+    assert cfg.polite_server_kind is ServerKind.AUTO and cfg.polite_queue_threshold is None
+    cfg = parse_run_args(
+        [
+            *["in.jsonl", "--base-url", "http://a/v1", "--polite", "--polite-server-kind"],
+            *["latency", "--polite-metrics-url", "https://m:9/x?y=1"],
+        ]
+    )
+    assert cfg.polite_server_kind is ServerKind.LATENCY
+    assert cfg.polite_metrics_url == "https://m:9/x?y=1"
+
+
+@pytest.mark.parametrize(
+    ("base", "location", "url"),
+    [
+        ("http://h:8000/v1", "/metrics", "http://h:8000/metrics"),
+        ("http://h:8000/v1/", "/metrics", "http://h:8000/metrics"),
+        ("http://h:8000", "/metrics", "http://h:8000/metrics"),
+        ("https://gw/llama/v1", "/metrics", "https://gw/llama/metrics"),
+        ("http://h:8000/v1", "http://h:9090/metrics", "http://h:9090/metrics"),
+    ],
+)
+def test_metrics_url_next_to_v1(base: str, location: str, url: str) -> None:
+    assert metrics_url_for(base, location) == url
 
 
 def test_routing_table_file(tmp_path: Path) -> None:
