@@ -8,7 +8,10 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from openbatch.runner_args import WindowMode
 from openbatch.wire import BatchErrors, BatchUsage
+
+__all__ = ["FinalResult", "InputFingerprint", "ProgressRecord", "RunState", "WindowMode"]
 
 
 class RunState(StrEnum):
@@ -28,14 +31,6 @@ class RunState(StrEnum):
 
 
 _TERMINAL = frozenset({RunState.COMPLETED, RunState.CANCELLED, RunState.EXPIRED, RunState.FAILED})
-
-
-class WindowMode(StrEnum):
-    """How a runner sizes its in-flight window (`spec.concurrency.mode`)."""
-
-    FIXED = "fixed"  # --concurrency, as given
-    ADAPTIVE = "adaptive"  # --adaptive: AIMD on 429/503/timeouts and latency
-    POLITE = "polite"  # --polite: each server's own load; deadline pressure
 
 
 class InputFingerprint(BaseModel):

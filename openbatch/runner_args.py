@@ -94,6 +94,15 @@ class HttpClientKind(StrEnum):
     RAW = "raw"
 
 
+class WindowMode(StrEnum):
+    """How a runner sizes its in-flight window (`spec.concurrency.mode`, the progress
+    record's `window_mode`)."""
+
+    FIXED = "fixed"  # --concurrency, as given
+    ADAPTIVE = "adaptive"  # --adaptive: AIMD on 429/503/timeouts and latency
+    POLITE = "polite"  # --polite: each server's own load; deadline pressure
+
+
 class ServerKind(StrEnum):
     """Whose Prometheus metrics `--polite` reads (docs/runner.md, "Polite batches").
 
