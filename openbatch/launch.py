@@ -16,6 +16,7 @@ from openbatch.runner_args import (
     FinalizeArgs,
     ProgressMode,
     RunnerArgs,
+    WindowMode,
 )
 
 
@@ -59,6 +60,7 @@ def runner_args_for(
     concurrency = spec.concurrency
     ceiling = concurrency.max_in_flight if max_in_flight is None else max_in_flight
     share = shard_share(ceiling, spec.parallelism)
+    mode = concurrency.window_mode
     return RunnerArgs(
         input=where.input_uri,
         output=where.output_uri,
@@ -68,8 +70,10 @@ def runner_args_for(
         base_urls=target.base_urls,
         models=target.routing_file,
         concurrency=share,
-        adaptive=concurrency.adaptive,
-        # The adaptive window grows up to the shard's share of the ceiling, never past it.
+        adaptive=mode is WindowMode.ADAPTIVE,
+        polite=mode is WindowMode.POLITE,
+        # An adaptive or polite window grows up to the shard's share of the ceiling, never
+        # past it (deadline pressure included).
         max_concurrency=share,
         max_attempts=concurrency.max_attempts,
         request_timeout=float(concurrency.request_timeout_seconds),

@@ -9,7 +9,10 @@ from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
+from openbatch.runner_args import WindowMode
 from openbatch.wire import BatchErrors, BatchUsage
+
+__all__ = ["FinalResult", "InputFingerprint", "ProgressRecord", "RunState", "WindowMode"]
 
 
 class RunState(StrEnum):
@@ -62,6 +65,14 @@ class ProgressRecord(BaseModel):
     started_at: float | None = None
     updated_at: float | None = None
     message: str | None = None
+    # How the window is sized (written from the first dispatch on). Plain strings, so a
+    # newer runner's new mode or signal never makes an older reader refuse the record.
+    window_mode: str | None = Field(default=None, max_length=32)
+    window: int | None = Field(default=None, ge=1)  # the shard's in-flight window now
+    # --polite: what each server's window follows (`vllm`, `llamacpp`, `latency`, ...),
+    # comma-separated in server order; and whether the deadline forces more capacity.
+    load_signal: str | None = Field(default=None, max_length=256)
+    deadline_pressure: bool = False
 
 
 class FinalResult(BaseModel):

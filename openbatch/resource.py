@@ -30,7 +30,12 @@ from pydantic import (
 )
 
 from openbatch.endpoints import Endpoint
-from openbatch.runner_args import DEFAULT_IN_FLIGHT, DEFAULT_MAX_ATTEMPTS, DEFAULT_REQUEST_TIMEOUT
+from openbatch.runner_args import (
+    DEFAULT_IN_FLIGHT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_REQUEST_TIMEOUT,
+    WindowMode,
+)
 from openbatch.secret_ref import SecretKeyRef
 
 GROUP = "openbatch.dev"
@@ -206,12 +211,26 @@ class ModelServer(SpecModel):
 
 
 class Concurrency(SpecModel):
-    """Per-batch request concurrency and retry bounds (DESIGN §6)."""
+    """Per-batch request concurrency and retry bounds (DESIGN §6).
+
+    `mode` says how the window is sized; when it is absent, the older `adaptive` flag
+    decides (`adaptive` or `fixed`). When both are given, `mode` wins.
+    """
 
     max_in_flight: int = Field(default=DEFAULT_IN_FLIGHT, ge=1, le=4096)
+    # Absent unless given (also in dumps), so specs written before `mode` existed keep
+    # their exact form (the CRD's default, idempotency digests).
+    mode: WindowMode | None = Field(default=None, exclude_if=lambda value: value is None)
     adaptive: bool = False
     request_timeout_seconds: int = Field(default=int(DEFAULT_REQUEST_TIMEOUT), ge=1, le=3600)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=20)
+
+    @property
+    def window_mode(self) -> WindowMode:
+        """The mode in effect: `mode` if given, else what `adaptive` says."""
+        if self.mode is not None:
+            return self.mode
+        return WindowMode.ADAPTIVE if self.adaptive else WindowMode.FIXED
 
 
 MetadataKey = Annotated[str, StringConstraints(max_length=MAX_METADATA_KEY_LENGTH)]

@@ -36,6 +36,8 @@ DEFAULT_RETRY_MAX_DELAY = 30.0
 DEFAULT_MAX_RETRY_AFTER = 120.0  # a server's Retry-After is honoured up to this per attempt
 DEFAULT_MAX_RETRY_WAIT = 600.0  # a line's backoff waits add up to at most this
 DEFAULT_OUTAGE_TIMEOUT = 300.0  # every model server down this long: commit and exit 1
+DEFAULT_POLITE_SCRAPE_INTERVAL = 1.0  # --polite: seconds between scrapes of a server's load
+DEFAULT_POLITE_METRICS_PATH = "/metrics"  # --polite: at the root of each model server
 
 # Kubernetes expands $(VAR) in container args from the container's env; the Job controller
 # sets JOB_COMPLETION_INDEX for every pod of an Indexed Job.
@@ -92,6 +94,30 @@ class HttpClientKind(StrEnum):
     RAW = "raw"
 
 
+class WindowMode(StrEnum):
+    """How a runner sizes its in-flight window (`spec.concurrency.mode`, the progress
+    record's `window_mode`)."""
+
+    FIXED = "fixed"  # --concurrency, as given
+    ADAPTIVE = "adaptive"  # --adaptive: AIMD on 429/503/timeouts and latency
+    POLITE = "polite"  # --polite: each server's own load; deadline pressure
+
+
+class ServerKind(StrEnum):
+    """Whose Prometheus metrics `--polite` reads (docs/runner.md, "Polite batches").
+
+    `auto` detects the kind from the metric names a server exposes; `latency` never
+    scrapes and judges the server's load by the batch's own latency only.
+    """
+
+    AUTO = "auto"
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    LLAMACPP = "llamacpp"
+    TGI = "tgi"
+    LATENCY = "latency"
+
+
 @dataclass(frozen=True)
 class RunnerArgs:
     """Everything `openbatch run` takes on its command line (secrets excluded).
@@ -133,6 +159,12 @@ class RunnerArgs:
     max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
     outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
     http_client: HttpClientKind = HttpClientKind.RAW
+    # --polite: size each server's window by its own load (exclusive with --adaptive).
+    polite: bool = False
+    polite_metrics_url: str = DEFAULT_POLITE_METRICS_PATH  # a path at each server, or a URL
+    polite_server_kind: ServerKind = ServerKind.AUTO
+    polite_queue_threshold: float | None = None  # None: the server kind's default
+    polite_scrape_interval: float = DEFAULT_POLITE_SCRAPE_INTERVAL
     # Accepted on the command line for people; programs pass it as OPENBATCH_API_KEY, and
     # to_argv never writes it.
     api_key: str | None = field(default=None, repr=False)
@@ -253,6 +285,18 @@ def _deadline(text: str) -> datetime:
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError(f"deadline needs a time zone (e.g. Z): {text!r}")
     return value.astimezone(UTC)
+
+
+def _metrics_location(text: str) -> str:
+    """`--polite-metrics-url`: a path (`/metrics`) at every server's root, or one full URL."""
+    if text.startswith("/") and not text.startswith("//") and " " not in text:
+        return text
+    try:
+        return check_base_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected a path such as /metrics or an http(s) URL: {exc}"
+        ) from exc
 
 
 def _base_url(text: str) -> str:
@@ -465,6 +509,46 @@ def build_run_parser(prog: str = "openbatch run") -> argparse.ArgumentParser:
         f"({DEFAULT_OUTAGE_TIMEOUT:g})",
     )
     p.add_argument(
+        "--polite",
+        action="store_true",
+        help="fill only the spare capacity of each model server: its window follows the "
+        "server's own queue (Prometheus metrics) or, without metrics, the batch's latency; "
+        "speeds up only when the deadline would be missed; --max-concurrency is the ceiling "
+        "(exclusive with --adaptive; docs/runner.md, Polite batches)",
+    )
+    p.add_argument(
+        "--polite-metrics-url",
+        type=_metrics_location,
+        default=DEFAULT_POLITE_METRICS_PATH,
+        metavar="PATH_OR_URL",
+        help="where --polite reads a server's load: a path at each server's root "
+        f"({DEFAULT_POLITE_METRICS_PATH}), or a full URL when there is one server",
+    )
+    p.add_argument(
+        "--polite-server-kind",
+        type=ServerKind,
+        choices=list(ServerKind),
+        default=ServerKind.AUTO,
+        help="whose metric names to read (auto: detected from the names); latency: never "
+        "scrape, judge the load by the batch's own latency",
+    )
+    p.add_argument(
+        "--polite-queue-threshold",
+        type=_non_negative_float,
+        default=None,
+        metavar="N",
+        help="waiting requests above which --polite backs off (default: per server kind, "
+        "see docs/runner.md)",
+    )
+    p.add_argument(
+        "--polite-scrape-interval",
+        type=_positive_float,
+        default=DEFAULT_POLITE_SCRAPE_INTERVAL,
+        metavar="SECONDS",
+        help="seconds between reads of each server's load, and between window decisions "
+        f"({DEFAULT_POLITE_SCRAPE_INTERVAL:g})",
+    )
+    p.add_argument(
         "--http-client",
         type=HttpClientKind,
         choices=list(HttpClientKind),
@@ -511,6 +595,11 @@ def parse_run_argv(argv: Sequence[str]) -> RunnerArgs:
         max_retry_wait=ns.max_retry_wait,
         outage_timeout=ns.outage_timeout,
         http_client=ns.http_client,
+        polite=ns.polite,
+        polite_metrics_url=ns.polite_metrics_url,
+        polite_server_kind=ns.polite_server_kind,
+        polite_queue_threshold=ns.polite_queue_threshold,
+        polite_scrape_interval=ns.polite_scrape_interval,
         api_key=ns.api_key,
     )
 

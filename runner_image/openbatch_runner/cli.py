@@ -79,11 +79,12 @@ def _windows(args: RunnerArgs) -> tuple[int, int]:
     past it, connections fail with EMFILE and so would the commits of received answers."""
     concurrency = args.concurrency
     ceiling = max(args.max_concurrency, concurrency)
-    widest = ceiling if args.adaptive else concurrency
+    elastic = args.adaptive or args.polite
+    widest = ceiling if elastic else concurrency
     allowed = descriptor_window(widest)
     if allowed < widest:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        flag = "--max-concurrency" if args.adaptive else "--concurrency"
+        flag = "--max-concurrency" if elastic else "--concurrency"
         sys.stderr.write(
             f"openbatch: warning: {flag} {widest} needs more file descriptors than the limit "
             f"(ulimit -n {soft}) allows; the window is capped at {allowed} (raise the limit "
@@ -112,6 +113,13 @@ def config_from_args(args: RunnerArgs) -> RunConfig:
     routing = _load_routing(args.models) if args.models else None
     if routing is None and not args.base_urls:
         raise SystemExit("openbatch run: give --base-url URL (repeatable) or --models FILE")
+    if args.adaptive and args.polite:
+        raise SystemExit("openbatch run: choose one of --adaptive and --polite")
+    if args.polite and not args.polite_metrics_url.startswith("/") and len(args.base_urls) > 1:
+        raise SystemExit(
+            "openbatch run: a full --polite-metrics-url is one server's; with several "
+            "--base-url give a path (such as /metrics) to read each server's own"
+        )
     concurrency, max_concurrency = _windows(args)
     output = args.output or default_output(args.input)
     errors = args.errors or default_errors(output)
@@ -160,6 +168,11 @@ def config_from_args(args: RunnerArgs) -> RunConfig:
         max_retry_wait=args.max_retry_wait,
         outage_timeout=args.outage_timeout,
         http_client=args.http_client,
+        polite=args.polite,
+        polite_metrics_url=args.polite_metrics_url,
+        polite_server_kind=args.polite_server_kind,
+        polite_queue_threshold=args.polite_queue_threshold,
+        polite_scrape_interval=args.polite_scrape_interval,
     )
 
 

@@ -16,6 +16,8 @@ from openbatch.runner_args import (
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_OUTAGE_TIMEOUT,
+    DEFAULT_POLITE_METRICS_PATH,
+    DEFAULT_POLITE_SCRAPE_INTERVAL,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_BASE_DELAY,
@@ -23,6 +25,7 @@ from openbatch.runner_args import (
     DEFAULT_TERM_GRACE,
     HttpClientKind,
     ProgressMode,
+    ServerKind,
 )
 from openbatch.validation import ValidationLimits
 
@@ -38,7 +41,8 @@ class RunConfig:
     routing: RoutingTable | None = None
     concurrency: int = DEFAULT_IN_FLIGHT
     adaptive: bool = False
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # ceiling for --adaptive
+    polite: bool = False  # exclusive with adaptive (`cli` refuses both)
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # ceiling for --adaptive and --polite
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     deadline: datetime | None = None
@@ -63,6 +67,15 @@ class RunConfig:
     max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
     outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
     http_client: HttpClientKind = HttpClientKind.RAW  # B1: a third of aiohttp's CPU per request
+    polite_metrics_url: str = DEFAULT_POLITE_METRICS_PATH
+    polite_server_kind: ServerKind = ServerKind.AUTO
+    polite_queue_threshold: float | None = None
+    polite_scrape_interval: float = DEFAULT_POLITE_SCRAPE_INTERVAL
+
+    @property
+    def elastic(self) -> bool:
+        """The window moves (adaptive or polite): `max_concurrency` is its ceiling."""
+        return self.adaptive or self.polite
 
     def key_for(self, urls: Sequence[str]) -> str | None:
         """The bearer token for this run's base URLs (one routing entry or the --base-url

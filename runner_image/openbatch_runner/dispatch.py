@@ -17,6 +17,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 
@@ -39,6 +40,21 @@ MAX_FREE_RETRIES = 20
 ReadBatch = Callable[[], Awaitable[list[tuple[int, bytes]]]]
 Deliver = Callable[[int, LineResult], None]
 Observe = Callable[[Reply, float, float], None]
+
+
+class ServerGate(Protocol):
+    """Per-server windows (`--polite`): each server takes only as many requests as its own
+    load allows. The global `Window` still bounds the total."""
+
+    def room(self, server: Server) -> int:
+        """Free slots in `server`'s own window."""
+        ...
+
+    def taken(self, server: Server) -> None: ...
+
+    def returned(self, server: Server, reply: Reply | None, latency: float) -> None:
+        """An attempt ended: with its reply, or None when it was cut short (a stop)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -96,6 +112,7 @@ class Dispatcher:
         max_live: int,
         say: Callable[[str], None],
         rng: random.Random | None = None,
+        gate: ServerGate | None = None,
     ) -> None:
         self._client = client
         self._monitor = monitor
@@ -107,6 +124,7 @@ class Dispatcher:
         self._max_live = max_live
         self._say = say
         self._rng = rng or random.Random()
+        self._gate = gate
         self._ready: deque[LineJob] = deque()  # retries that are due, and outage victims
         self._timers: set[asyncio.TimerHandle] = set()
         self._live = 0  # lines taken and not yet delivered (in flight, waiting or ready)
@@ -155,19 +173,28 @@ class Dispatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not await self._window.acquire():
+            if not await self._launch(job):
                 return
-            try:
-                server = await self._monitor.pick(job.last)
-            except BaseException:
-                self._window.release()
-                raise
-            if server is None or self._stopping:
-                self._window.release()
-                return
-            task = asyncio.create_task(self._attempt(job, server))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+
+    async def _launch(self, job: LineJob) -> bool:
+        """Start one attempt of `job` on a server; False once dispatch is over."""
+        if not await self._window.acquire():
+            return False
+        gate = self._gate
+        try:
+            server = await self._monitor.pick(job.last, gate.room if gate else None)
+        except BaseException:
+            self._window.release()
+            raise
+        if server is None or self._stopping:
+            self._window.release()
+            return False
+        if gate is not None:
+            gate.taken(server)
+        task = asyncio.create_task(self._attempt(job, server))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return True
 
     def _take(self, index: int, raw: bytes) -> LineJob | None:
         try:
@@ -185,8 +212,8 @@ class Dispatcher:
             started = loop.time()
             reply = await self._client.post(endpoint_url(server.base_url, job.path), job.body)
             now = loop.time()
-            self._window.release()
             holding = False
+            self._release(server, reply, now - started)
             job.sent += reply.sent
             verdict = self._monitor.record(
                 server, reply.kind, reply.detail, now, line=job.index, sent_at=started
@@ -199,7 +226,12 @@ class Dispatcher:
             self._finish(job, runner_error_line(job.custom_id, exc))
         finally:
             if holding:
-                self._window.release()
+                self._release(server, None, 0.0)
+
+    def _release(self, server: Server, reply: Reply | None, latency: float) -> None:
+        self._window.release()
+        if self._gate is not None:
+            self._gate.returned(server, reply, latency)
 
     async def _settle(self, job: LineJob, reply: Reply, server: Server, verdict: Verdict) -> None:
         job.last = server

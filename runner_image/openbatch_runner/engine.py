@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from openbatch.jsonl import is_blank, iter_lines
 from openbatch.layout import cancel_key, progress_key, validation_key
 from openbatch.lines import LineErrorCode
-from openbatch.progress import InputFingerprint, ProgressRecord, RunState
+from openbatch.progress import InputFingerprint, ProgressRecord, RunState, WindowMode
 from openbatch.runner_args import ExitCode
 from openbatch.storage import LocalStore, ObjectStore, StorageError, open_uri
 from openbatch.usage import to_batch_usage
@@ -34,9 +34,10 @@ from openbatch_runner.dispatch import Dispatcher
 from openbatch_runner.finalize import finalize
 from openbatch_runner.outcome import LineResult, unrun_line
 from openbatch_runner.parts import CorruptPart
+from openbatch_runner.polite_gate import PoliteGate, PoliteSettings
 from openbatch_runner.probe import probe
 from openbatch_runner.progress_view import ProgressView, Snapshot
-from openbatch_runner.reply import Reply
+from openbatch_runner.reply import Reply, is_overload
 from openbatch_runner.retry import AttemptKind, RetryPolicy
 from openbatch_runner.servers import HealthMonitor, OutageTimeout, ServerPool
 from openbatch_runner.source import DigestReader, content_digest, shard_lines, take
@@ -49,7 +50,6 @@ READ_BATCH = 512
 TERM_MARGIN = 5.0
 _CANCEL_WAIT = 1.0  # part of the margin: how long an abandoned run may take to unwind
 PROBE_TIMEOUT = 10.0  # seconds a health probe waits for a model server's answer
-OVERLOAD_STATUSES = frozenset({429, 503})
 
 
 class StopReason(StrEnum):
@@ -93,6 +93,7 @@ class Runner:
         self._unrun_written = 0
         self.aimd: AimdController | None = None
         self.window: Window | None = None
+        self.gate: PoliteGate | None = None
         self._owns_work_dir = False  # True once the work dir is known to be this input's
         self._had_record = False  # this shard's record existed before this run
         self._wrote_record = False  # this run wrote this shard's record
@@ -460,24 +461,28 @@ class Runner:
             AimdController(cfg.concurrency, max_limit=cfg.max_concurrency) if cfg.adaptive else None
         )
         window = self.window = Window(cfg.concurrency)
+        widest = cfg.max_concurrency if cfg.elastic else cfg.concurrency
         max_pending = max(4 * cfg.commit_every, 4 * cfg.concurrency)
+        api_key = cfg.key_for(self._urls)
         self.client: ModelClient = make_client(
             cfg.http_client,
             request_timeout=cfg.request_timeout,
-            api_key=cfg.key_for(self._urls),
-            max_connections=(cfg.max_concurrency if cfg.adaptive else cfg.concurrency) * 2,
+            api_key=api_key,
+            max_connections=widest * 2,
         )
         probe_timeout = min(PROBE_TIMEOUT, cfg.request_timeout)
 
         async def probe_server(base_url: str) -> str | None:
             return await probe(base_url, probe_timeout, cfg.api_key)
 
+        pool = ServerPool.of(self._urls)
         self.monitor = HealthMonitor(
-            ServerPool.of(self._urls),
+            pool,
             probe_server,
             outage_timeout=cfg.outage_timeout,
             say=self.view.message,
         )
+        gate = self.gate = self._polite_gate(pool, window, api_key) if cfg.polite else None
         self.dispatcher = dispatcher = Dispatcher(
             client=self.client,
             monitor=self.monitor,
@@ -488,11 +493,13 @@ class Runner:
             observe=self._observe,
             # Lines taken but not finished (in flight or waiting to retry) are bounded, so
             # memory stays flat even when most lines are backing off.
-            max_live=max(4 * (cfg.max_concurrency if cfg.adaptive else cfg.concurrency), 256),
+            max_live=max(4 * widest, 256),
             say=self.view.message,
             rng=self.rng,
+            gate=gate,
         )
         stopper = asyncio.create_task(self._stop_dispatch_on_stop())
+        watcher = asyncio.create_task(gate.run()) if gate is not None else None
         reader = await asyncio.to_thread(self.in_store.open_read, self.in_key)
         lines = shard_lines(reader, cfg.shard, cfg.shards, skip=committer.done)
 
@@ -513,7 +520,38 @@ class Runner:
             self.request_stop(StopReason.OUTAGE)
         finally:
             stopper.cancel()
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await asyncio.to_thread(reader.close)
+
+    def _polite_gate(self, pool: ServerPool, window: Window, api_key: str | None) -> PoliteGate:
+        cfg = self.cfg
+        if not cfg.polite_metrics_url.startswith("/") and len(pool.servers) > 1:
+            raise UsageError(
+                f"a full --polite-metrics-url is one server's, and model {self.record.model!r} "
+                f"has {len(pool.servers)}: give a path (such as /metrics) instead"
+            )
+
+        def progress() -> tuple[int, int]:
+            done = self.live_completed + self.live_failed
+            return max(0, self.record.total - done), done
+
+        return PoliteGate(
+            pool=pool,
+            window=window,
+            max_total=cfg.max_concurrency,
+            settings=PoliteSettings(
+                metrics_url=cfg.polite_metrics_url,
+                kind=cfg.polite_server_kind,
+                queue_threshold=cfg.polite_queue_threshold,
+                interval=cfg.polite_scrape_interval,
+            ),
+            api_key=api_key,
+            progress=progress,
+            deadline=cfg.deadline,
+            say=self.view.message,
+        )
 
     async def _stop_dispatch_on_stop(self) -> None:
         await self.stop_event.wait()
@@ -558,9 +596,7 @@ class Runner:
             return
         if reply.kind is AttemptKind.OK:
             aimd.on_success(latency, now)
-        elif reply.kind is AttemptKind.TIMEOUT or (
-            reply.kind is AttemptKind.HTTP_ERROR and reply.status in OVERLOAD_STATUSES
-        ):
+        elif is_overload(reply):
             aimd.on_overload(now, latency)
         else:
             return
@@ -639,6 +675,7 @@ class Runner:
             record.unrun = tally.unrun
             record.usage = to_batch_usage(tally.usage)
             record.parts = tally.parts
+        self._record_window(record)
         record.updated_at = time.time()
         data = record.model_dump_json().encode()
         final = await asyncio.to_thread(self._put_progress, data)
@@ -651,6 +688,21 @@ class Runner:
                 f"{final.state.value}); this one stops without touching its record"
             )
             self.request_stop(StopReason.SUPERSEDED)
+
+    def _record_window(self, record: ProgressRecord) -> None:
+        """How the window is sized, for the operator and people reading the record."""
+        cfg = self.cfg
+        window = self.window
+        if window is None:
+            return
+        record.window = window.limit
+        gate = self.gate
+        if gate is not None:
+            record.window_mode = WindowMode.POLITE
+            record.load_signal = gate.signal[:256]
+            record.deadline_pressure = gate.pressure
+        else:
+            record.window_mode = WindowMode.ADAPTIVE if cfg.adaptive else WindowMode.FIXED
 
     def _put_progress(self, data: bytes) -> ProgressRecord | None:
         """Write this shard's record unless a terminal one is already there (blocking).

@@ -30,6 +30,16 @@ class Reply:
     sent: int = 1  # requests written for this attempt (2 when a stale connection was replaced)
 
 
+OVERLOAD_STATUSES = frozenset({429, 503})
+
+
+def is_overload(reply: Reply) -> bool:
+    """A 429/503 or a timeout: the server says it has no room (or answers so at random)."""
+    return reply.kind is AttemptKind.TIMEOUT or (
+        reply.kind is AttemptKind.HTTP_ERROR and reply.status in OVERLOAD_STATUSES
+    )
+
+
 def http_error_body(status: int, raw: bytes) -> dict[str, Any]:
     """OpenAI's error envelope for a non-JSON error body, so error lines stay uniform."""
     text = raw[:2000].decode("utf-8", errors="replace")

@@ -72,9 +72,19 @@ class ServerPool:
         """Since when no server has been up (None while one is)."""
         return self._all_down_since
 
-    def pick(self, avoid: Server | None = None) -> Server | None:
+    def pick(
+        self, avoid: Server | None = None, room: Callable[[Server], int] | None = None
+    ) -> Server | None:
         """The next server that is up, preferring one other than `avoid` (a retry goes
-        elsewhere when it can); None when every server is down."""
+        elsewhere when it can); None when every server is down.
+
+        With `room` (free slots of each server's own window, `--polite`), the up server with
+        the most room, ties in round-robin order; `avoid` only if no other has room.
+        """
+        if room is not None:
+            roomy = self._roomiest(avoid, room)
+            if roomy is not None:
+                return roomy
         servers = self.servers
         count = len(servers)
         fallback: Server | None = None
@@ -88,6 +98,25 @@ class ServerPool:
             self._next = (self._next + step + 1) % count
             return server
         return fallback
+
+    def _roomiest(self, avoid: Server | None, room: Callable[[Server], int]) -> Server | None:
+        servers = self.servers
+        count = len(servers)
+        best: Server | None = None
+        best_room = 0
+        best_step = 0
+        for step in range(count):
+            server = servers[(self._next + step) % count]
+            if server.health is not Health.UP:
+                continue
+            free = room(server)
+            if server is avoid and count > 1:
+                free = min(free, 1)  # only when no other server has room
+            if free > best_room:
+                best, best_room, best_step = server, free, step
+        if best is not None:
+            self._next = (self._next + best_step + 1) % count
+        return best
 
     def record(
         self,
@@ -225,12 +254,14 @@ class HealthMonitor:
             self._sync()
         return True
 
-    async def pick(self, avoid: Server | None = None) -> Server | None:
+    async def pick(
+        self, avoid: Server | None = None, room: Callable[[Server], int] | None = None
+    ) -> Server | None:
         """A server that is up; waits while none is. None once closed; raises
         `OutageTimeout` when every server stayed down for the outage timeout."""
         loop = asyncio.get_running_loop()
         while not self._closed:
-            server = self.pool.pick(avoid)
+            server = self.pool.pick(avoid, room)
             if server is not None:
                 return server
             since = self.pool.all_down_since

@@ -56,6 +56,7 @@ def build_params(args: argparse.Namespace, port: int) -> Any:
     params.cpuparams_batch.n_threads = args.threads
     params.n_threads_http = args.http_threads
     params.ui = False
+    params.endpoint_metrics = args.metrics  # GET /metrics, Prometheus text (llamacpp:…)
     if args.embedding:
         params.embedding = True
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
@@ -116,6 +117,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--alias", default="tiny", help="model name the server reports")
     parser.add_argument("--embedding", action="store_true", help="serve /v1/embeddings")
+    parser.add_argument("--metrics", action="store_true", help="serve GET /metrics")
     parser.add_argument(
         "--shutdown-timeout",
         type=float,

@@ -425,6 +425,7 @@ def test_examples_cover_what_they_promise() -> None:
     assert file.input.file_id and file.model_server and file.model_server.url and file.metadata
     assert file.concurrency.max_in_flight != 64
     assert by_name["batchjob-sharded.yaml"].parallelism == 3
+    assert by_name["batchjob-sharded.yaml"].concurrency.mode == "polite"
     service = by_name["batchjob-service.yaml"].model_server
     assert service is not None and service.service_ref is not None
     assert service.api_key_secret_ref is not None

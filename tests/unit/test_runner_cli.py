@@ -13,12 +13,14 @@ from openbatch.runner_args import (
     HttpClientKind,
     ProgressMode,
     RunnerArgs,
+    ServerKind,
     build_finalize_parser,
     build_run_parser,
     parse_finalize_argv,
     parse_run_argv,
 )
 from openbatch_runner.cli import default_errors, default_output, parse_run_args
+from openbatch_runner.polite_gate import metrics_url_for
 from openbatch_runner.progress_view import ProgressView, Snapshot, format_duration, render_bar
 
 
@@ -92,11 +94,50 @@ def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ["in.jsonl", "--base-url", "http://a", "--deadline", "2030-01-01T00:00:00"],  # no zone
         ["in.jsonl", "--base-url", "http://a", "--concurrency", "0"],
         ["in.jsonl", "--base-url", "http://a", "--request-timeout", "-1"],
+        ["in.jsonl", "--base-url", "http://a", "--polite", "--adaptive"],
+        ["in.jsonl", "--base-url", "http://a", "--polite-metrics-url", "metrics"],
+        ["in.jsonl", "--base-url", "http://a", "--polite-server-kind", "nginx"],
+        ["in.jsonl", "--base-url", "http://a", "--polite-queue-threshold", "-1"],
+        ["in.jsonl", "--base-url", "http://a", "--polite-scrape-interval", "0"],
+        # One full metrics URL cannot stand for several servers' own loads.
+        [
+            *["in.jsonl", "--base-url", "http://a", "--base-url", "http://b", "--polite"],
+            *["--polite-metrics-url", "http://a/metrics"],
+        ],
     ],
 )
 def test_bad_options_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse_run_args(argv)
+
+
+def test_polite_options() -> None:
+    cfg = parse_run_args(["in.jsonl", "--base-url", "http://a/v1", "--polite"])
+    assert (cfg.polite, cfg.adaptive, cfg.elastic) == (True, False, True)
+    assert cfg.polite_metrics_url == "/metrics"
+    assert cfg.polite_server_kind is ServerKind.AUTO and cfg.polite_queue_threshold is None
+    cfg = parse_run_args(
+        [
+            *["in.jsonl", "--base-url", "http://a/v1", "--polite", "--polite-server-kind"],
+            *["latency", "--polite-metrics-url", "https://m:9/x?y=1"],
+        ]
+    )
+    assert cfg.polite_server_kind is ServerKind.LATENCY
+    assert cfg.polite_metrics_url == "https://m:9/x?y=1"
+
+
+@pytest.mark.parametrize(
+    ("base", "location", "url"),
+    [
+        ("http://h:8000/v1", "/metrics", "http://h:8000/metrics"),
+        ("http://h:8000/v1/", "/metrics", "http://h:8000/metrics"),
+        ("http://h:8000", "/metrics", "http://h:8000/metrics"),
+        ("https://gw/llama/v1", "/metrics", "https://gw/llama/metrics"),
+        ("http://h:8000/v1", "http://h:9090/metrics", "http://h:9090/metrics"),
+    ],
+)
+def test_metrics_url_next_to_v1(base: str, location: str, url: str) -> None:
+    assert metrics_url_for(base, location) == url
 
 
 def test_routing_table_file(tmp_path: Path) -> None:
@@ -171,6 +212,11 @@ def _every_field_changed() -> RunnerArgs:
         max_retry_wait=60,
         outage_timeout=30,
         http_client=HttpClientKind.AIOHTTP,
+        polite=True,
+        polite_metrics_url="http://m:9/stats",
+        polite_server_kind=ServerKind.SGLANG,
+        polite_queue_threshold=2.5,
+        polite_scrape_interval=0.25,
     )
 
 

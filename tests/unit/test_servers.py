@@ -5,7 +5,14 @@ import asyncio
 import pytest
 
 from openbatch_runner.retry import AttemptKind
-from openbatch_runner.servers import Health, HealthMonitor, OutageTimeout, ServerPool, Verdict
+from openbatch_runner.servers import (
+    Health,
+    HealthMonitor,
+    OutageTimeout,
+    Server,
+    ServerPool,
+    Verdict,
+)
 
 REFUSED = AttemptKind.CONNECTION
 
@@ -59,6 +66,23 @@ def test_ejection_after_no_answer_for_several_lines(
     for line, kind in results:
         verdict = pool.record(a, kind, "detail", 1.0, line=line, sent_at=0.5)
     assert (a.health, verdict) == (health, last_verdict)
+
+
+def test_with_room_the_server_with_most_free_slots_is_picked() -> None:
+    pool = ServerPool.of(["a", "b", "c"])
+    a, b, c = pool.servers
+    free = {"a": 1, "b": 3, "c": 3}
+
+    def room(server: Server) -> int:
+        return free[server.base_url]
+
+    assert pool.pick(room=room) is b  # most room; ties in round-robin order
+    assert pool.pick(room=room) is c
+    assert pool.pick(avoid=b, room=room) is c  # a retry avoids b while another has room
+    free.update(a=0, b=5, c=0)
+    assert pool.pick(avoid=b, room=room) is b  # ... and takes it when none has
+    pool.mark_down(b, 0.0, "refused")
+    assert pool.pick(room=room) in (a, c)  # every window full: round robin, as without
 
 
 def test_hung_requests_timing_out_together_do_not_eject_a_server_that_answers() -> None:
