@@ -229,6 +229,7 @@ class SimStats:
     __slots__ = (
         "authorization",
         "busy_seconds",
+        "by_model",
         "by_path",
         "by_status",
         "cancelled",
@@ -244,6 +245,7 @@ class SimStats:
     def __init__(self) -> None:
         self.requests = 0
         self.by_path: dict[str, int] = {}
+        self.by_model: dict[str, int] = {}  # valid requests, by the model they named
         self.by_status: dict[int, int] = {}
         self.dropped = 0
         self.hung = 0
@@ -427,6 +429,7 @@ class ModelSim:
         if invalid is not None:
             return _error(400, invalid[0], headers, param=invalid[1], code=invalid[2])
         model = body["model"]
+        self.stats.by_model[model] = self.stats.by_model.get(model, 0) + 1
         if self._models and model not in self._models:
             return _error(
                 404,
@@ -775,6 +778,7 @@ class ModelSim:
         return {
             "requests": s.requests,
             "by_path": dict(s.by_path),
+            "by_model": dict(s.by_model),
             "by_status": {str(k): v for k, v in sorted(s.by_status.items())},
             "dropped": s.dropped,
             "hung": s.hung,

@@ -75,6 +75,7 @@ async def test_metrics_follow_the_queue_and_the_occupancy(
     assert gauge(sim, "vllm:kv_cache_usage_perc") == 1.0
     replies = await asyncio.gather(*tasks)
     assert [status for status, _, _ in replies] == [200] * 6
+    assert sim.stats()["by_model"] == {"m": 6}
     # Two waited for a slot, at least until the first batch's work was done.
     queued = sorted(q for _, _, q in replies)
     assert queued[-2] >= 0.3
