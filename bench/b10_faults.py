@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import count_lines, measure, openbatch_argv, write_chat_input
+from bench.common import RunFiles, count_lines, measure, run_argv, write_chat_input
 
 
 def main() -> None:
@@ -42,14 +42,13 @@ def main() -> None:
             sim = start_model_sim(
                 slots=args.slots, service_time=args.service_time, hang_seconds=30, **options
             )
-            out, err = work / f"out-{name}.jsonl", work / f"err-{name}.jsonl"
+            files = RunFiles.in_dir(work, name)
+            err = files.errors
             m = measure(
-                openbatch_argv(
-                    "run",
-                    str(work / "in.jsonl"),
-                    "--base-url",
+                run_argv(
+                    work / "in.jsonl",
                     sim.base_url,
-                    *["--output", str(out), "--errors", str(err), "--progress", "none"],
+                    files,
                     *["--concurrency", str(args.window), "--request-timeout", "2"],
                     *["--max-attempts", "12"],
                 )

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import count_lines, measure, openbatch_argv, write_chat_input
+from bench.common import RunFiles, count_lines, measure, run_argv, write_chat_input
 
 
 def main() -> None:
@@ -45,17 +45,10 @@ def main() -> None:
             rates: dict[str, float] = {}
             for name, extra in modes:
                 sim = start_model_sim(slots=c, service_time=args.service_time, **options)
-                out, err = work / f"out-{case}-{name}.jsonl", work / f"err-{case}-{name}.jsonl"
+                files = RunFiles.in_dir(work, f"{case}-{name}")
+                out, err = files.output, files.errors
                 m = measure(
-                    openbatch_argv(
-                        "run",
-                        str(work / "in.jsonl"),
-                        "--base-url",
-                        sim.base_url,
-                        *["--output", str(out), "--errors", str(err), "--progress", "none"],
-                        *["--work-dir", str(work / f"w-{case}-{name}"), "--max-attempts", "20"],
-                        *extra,
-                    )
+                    run_argv(work / "in.jsonl", sim.base_url, files, "--max-attempts", "20", *extra)
                 )
                 stats = sim.stats()
                 sim.stop()

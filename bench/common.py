@@ -87,6 +87,41 @@ def openbatch_argv(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "openbatch"), *args]
 
 
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one benchmarked `openbatch run` writes, named after its case."""
+
+    output: Path
+    errors: Path
+    work_dir: Path
+
+    @classmethod
+    def in_dir(cls, work: Path, name: str) -> RunFiles:
+        slug = "".join(c if c.isalnum() else "-" for c in name)
+        return cls(work / f"out-{slug}.jsonl", work / f"err-{slug}.jsonl", work / f"w-{slug}")
+
+
+def run_argv(input_path: Path, base_url: str, files: RunFiles, *options: str) -> list[str]:
+    """`openbatch run INPUT` against one server, without a progress display."""
+    return openbatch_argv(
+        "run",
+        str(input_path),
+        *["--base-url", base_url, "--progress", "none"],
+        *["--output", str(files.output), "--errors", str(files.errors)],
+        *["--work-dir", str(files.work_dir)],
+        *options,
+    )
+
+
+def run_supports(flag: str) -> bool:
+    """Whether this build's `openbatch run` takes `flag` (a benchmark written ahead of a
+    feature prints "not available" for its rows instead of failing)."""
+    result = subprocess.run(
+        openbatch_argv("run", "--help"), capture_output=True, text=True, check=True
+    )
+    return flag in result.stdout.split()
+
+
 def count_lines(path: Path) -> int:
     """Lines of a result file (0 when it was not written: nothing of that kind)."""
     if not path.exists():

@@ -14,8 +14,16 @@ values for that request; `"echo": true` puts the request body's exact bytes (as 
 the answer's `x_sim_request` field, so tests can see what a client really sent. The fault
 `not_object` answers 200 with the JSON array `[1, 2]`. `max_waiting` (config) makes
 overload real: a request arriving while that many already wait for a slot gets a 429.
-`/sim/stats`, `/sim/reset`, `/sim/config`, `/metrics` (vLLM-style
-queue gauges), `/v1/models` and `/health` make it observable and reconfigurable at runtime.
+`/sim/stats`, `/sim/reset`, `/sim/config`, `/metrics` (vLLM's metric names: queue and batch
+gauges, KV-cache usage, success and token counters, latency histograms; see
+`openbatch_sim.metrics`), `/v1/models` and `/health` make it observable and reconfigurable
+at runtime. Every answer that took a slot carries `x-sim-queue-seconds`, the time it waited
+for one.
+
+Two service modes (`mode`): `fixed` (the default) holds a slot for exactly the service
+time, whatever else runs; `continuous` behaves like a continuous-batching server, where
+every running request slows down as the batch fills (`occupancy_slowdown`; the formula is
+in `openbatch_sim.continuous`). Both share one FIFO queue in front of the slots.
 
 Run it as `openbatch sim` (or `python -m openbatch_sim --port 0`); it prints `READY http://HOST:PORT`
 once it accepts connections. The hot path avoids logging, pydantic and sleeps so that a
@@ -39,15 +47,27 @@ from base64 import b64encode
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from openbatch_sim.continuous import ContinuousBatch
+from openbatch_sim.metrics import Load, ServerMetrics, render
+
 FAULTS = frozenset({"429", "500", "503", "400", "hang", "drop", "invalid_json", "not_object"})
 EMBEDDING_DIMENSIONS = 8
 DEFAULT_MODEL_NAME = "sim"  # what /v1/models and /metrics show when any model is accepted
 _JSON = "application/json"
+QUEUE_HEADER = "x-sim-queue-seconds"
+
+
+class SimMode(StrEnum):
+    """How a request's service time relates to what else runs (module docstring)."""
+
+    FIXED = "fixed"
+    CONTINUOUS = "continuous"
 
 
 @dataclass(slots=True)
@@ -70,6 +90,9 @@ class SimConfig:
     seed: int = 0
     api_key: str = ""  # non-empty: requests need `Authorization: Bearer <api_key>` (else 401)
     max_waiting: int = -1  # >= 0: a 429 for a request arriving while this many wait for a slot
+    mode: str = SimMode.FIXED.value
+    # Continuous mode: with n of S slots busy, service runs 1 + k*n/S times slower.
+    occupancy_slowdown: float = 0.5
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,6 +110,7 @@ _FLOAT_FIELDS = frozenset(
         "hang_seconds",
         "p_drop",
         "p_invalid_json",
+        "occupancy_slowdown",
     }
 )
 _PROBABILITY_FIELDS = frozenset(f for f in _FLOAT_FIELDS if f.startswith("p_"))
@@ -120,6 +144,11 @@ def validated_updates(config: SimConfig, updates: Mapping[str, Any]) -> dict[str
             if not isinstance(value, str):
                 raise ValueError("api_key must be a string")
             out[name] = value
+            continue
+        if name == "mode":
+            if value not in tuple(SimMode):
+                raise ValueError(f"mode must be one of {[m.value for m in SimMode]}")
+            out[name] = str(value)
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number")
@@ -200,6 +229,7 @@ class SimStats:
     __slots__ = (
         "authorization",
         "busy_seconds",
+        "by_model",
         "by_path",
         "by_status",
         "cancelled",
@@ -215,6 +245,7 @@ class SimStats:
     def __init__(self) -> None:
         self.requests = 0
         self.by_path: dict[str, int] = {}
+        self.by_model: dict[str, int] = {}  # valid requests, by the model they named
         self.by_status: dict[int, int] = {}
         self.dropped = 0
         self.hung = 0
@@ -243,6 +274,8 @@ class ModelSim:
         self.config = config if config is not None else SimConfig()
         self.stats = SimStats()
         self.pool = SlotPool(self.config.slots)
+        self.metrics = ServerMetrics()
+        self._continuous: ContinuousBatch | None = None  # made in the loop, on first use
         self._fault_rng = random.Random(self.config.seed)
         # A separate stream so that enabling jitter does not shift the fault sequence.
         self._jitter_rng = random.Random(self.config.seed + 1)
@@ -283,6 +316,8 @@ class ModelSim:
         cfg = self.config
         if self.pool.capacity != cfg.slots:
             self.pool.resize(cfg.slots)
+        if self._continuous is not None:
+            self._continuous.retune(cfg.slots, cfg.occupancy_slowdown)
         probabilities = (cfg.p_429, cfg.p_500, cfg.p_503, cfg.p_hang, cfg.p_drop)
         cumulative = 0.0
         thresholds: list[tuple[float, str]] = []
@@ -394,6 +429,7 @@ class ModelSim:
         if invalid is not None:
             return _error(400, invalid[0], headers, param=invalid[1], code=invalid[2])
         model = body["model"]
+        self.stats.by_model[model] = self.stats.by_model.get(model, 0) + 1
         if self._models and model not in self._models:
             return _error(
                 404,
@@ -431,12 +467,17 @@ class ModelSim:
             service_time = max(0.0, service_time * (1 + jitter * self._jitter_rng.uniform(-1, 1)))
 
         pool = self.pool
-        await pool.acquire()
         loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        await pool.acquire()
         held_from = loop.time()
+        headers[QUEUE_HEADER] = f"{held_from - arrived:.6f}"
         try:
             if service_time > 0:
-                await asyncio.sleep(service_time)
+                if self.config.mode == SimMode.CONTINUOUS:
+                    await self._continuous_batch().serve(service_time)
+                else:
+                    await asyncio.sleep(service_time)
             answer = build(body, model)
             if isinstance(x_sim, dict) and x_sim.get("echo") is True:
                 answer["x_sim_request"] = raw_body.decode("utf-8", errors="replace")
@@ -446,11 +487,24 @@ class ModelSim:
             # Slot-seconds actually spent: a loaded event loop oversleeps, and benchmarks
             # must tell that simulator overhead apart from the client's.
             self.stats.busy_seconds += loop.time() - held_from
+        self._record(answer, loop.time() - arrived, held_from - arrived)
         if fault == "invalid_json":
             self.stats.invalid_json += 1
             # A response cut short mid-body: the status was 200, the JSON never closes.
             payload = payload[: max(1, len(payload) // 2)]
         return web.Response(body=payload, content_type=_JSON, headers=headers)
+
+    def _continuous_batch(self) -> ContinuousBatch:
+        if self._continuous is None:
+            self._continuous = ContinuousBatch(self.config.slots, self.config.occupancy_slowdown)
+        return self._continuous
+
+    def _record(self, answer: dict[str, Any], e2e: float, queued: float) -> None:
+        """Count an answered request in `/metrics`, as the server sees it."""
+        usage = answer.get("usage", {})
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+        generated = usage.get("completion_tokens", usage.get("output_tokens", 0))
+        self.metrics.record(_finished_reason(answer), prompt, generated, e2e, queued)
 
     async def _early_fault(
         self, fault: str, headers: dict[str, str], retry_after: float, hang_seconds: float
@@ -724,6 +778,7 @@ class ModelSim:
         return {
             "requests": s.requests,
             "by_path": dict(s.by_path),
+            "by_model": dict(s.by_model),
             "by_status": {str(k): v for k, v in sorted(s.by_status.items())},
             "dropped": s.dropped,
             "hung": s.hung,
@@ -734,6 +789,8 @@ class ModelSim:
             "in_service": self.pool.running,
             "waiting": self.pool.waiting,
             "max_concurrent_in_service": self.pool.max_running,
+            # Requests the continuous-batching model is advancing (continuous mode).
+            "in_batch": 0 if self._continuous is None else self._continuous.speed.running,
             "busy_seconds": round(s.busy_seconds, 6),
             "keys": dict(s.keys),
             "authorization": dict(s.authorization),
@@ -782,22 +839,25 @@ class ModelSim:
         return web.Response(status=200)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        label = f'{{model_name="{self._model_names()[0]}"}}'
-        text = (
-            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
-            "# TYPE vllm:num_requests_running gauge\n"
-            f"vllm:num_requests_running{label} {float(self.pool.running)}\n"
-            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
-            "# TYPE vllm:num_requests_waiting gauge\n"
-            f"vllm:num_requests_waiting{label} {float(self.pool.waiting)}\n"
-            "# HELP sim_requests_total API requests received by the simulator.\n"
-            "# TYPE sim_requests_total counter\n"
-            f"sim_requests_total {float(self.stats.requests)}\n"
+        load = Load(
+            running=self.pool.running,
+            waiting=self.pool.waiting,
+            slots=self.pool.capacity,
+            api_requests=self.stats.requests,
         )
+        text = render(self._model_names()[0], load, self.metrics)
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
 # ---- helpers -------------------------------------------------------------------------
+
+
+def _finished_reason(answer: dict[str, Any]) -> str:
+    """vLLM's `finished_reason` label: `length` when the token limit cut the output."""
+    choices = answer.get("choices")
+    if isinstance(choices, list) and choices:
+        return str(choices[0].get("finish_reason") or "stop")
+    return "length" if answer.get("status") == "incomplete" else "stop"
 
 
 def _is_messages(value: Any) -> bool:
@@ -970,8 +1030,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001, help="port to listen on (8001; 0: any)")
-    p.add_argument("--slots", type=int, default=d.slots)
-    p.add_argument("--service-time", type=float, default=d.service_time)
+    p.add_argument(
+        "--slots", type=int, default=d.slots, help=f"requests served at once ({d.slots})"
+    )
+    p.add_argument(
+        "--mode",
+        choices=[m.value for m in SimMode],
+        default=d.mode,
+        help="fixed: a request holds a slot for the service time; continuous: running "
+        "requests share the server's speed, which falls as slots fill (fixed)",
+    )
+    p.add_argument(
+        "--service-time",
+        type=float,
+        default=d.service_time,
+        help="seconds a request takes at idle speed (0)",
+    )
+    p.add_argument(
+        "--occupancy-slowdown",
+        type=float,
+        default=d.occupancy_slowdown,
+        metavar="K",
+        help="continuous mode: with n of S slots busy, service is 1 + K*n/S times slower "
+        f"({d.occupancy_slowdown:g})",
+    )
     p.add_argument("--service-jitter", type=float, default=d.service_jitter)
     p.add_argument("--p-429", type=float, default=d.p_429)
     p.add_argument("--retry-after", type=float, default=d.retry_after)
