@@ -492,6 +492,9 @@ def test_batch_that_finished_while_the_operator_was_down(cluster: Cluster, tmp_p
     operator = cluster.start_operator()
     cluster.apply(cluster.batchjob("down", "down.jsonl"), tmp_path)
     cluster.kube.wait_for("jobs", "down-runner", lambda j: j is not None, timeout=60)
+    # The operator writes the status right after creating the Job: on a loaded machine a kill
+    # between the two would leave no status at all, which is not the case under test.
+    cluster.wait_phase("down", {"Validating"}, timeout=60)
     operator.kill()
     cluster.kube.wait_for(
         "jobs", "down-runner", lambda j: job_condition(j, "Complete") is not None, timeout=60
