@@ -7,10 +7,11 @@ for trying `openbatch run --polite` by hand next to `openbatch sim --mode contin
 
 The load is open-loop, as users are: the next request is sent at its arrival time whether
 or not earlier ones have been answered, so a slow server sees more requests in flight, not
-fewer arrivals. Latency is the whole request (send to last byte of the answer): the
-simulator does not stream, so there is no separate time to first token; the simulator's
-`x-sim-queue-seconds` header (time spent waiting for a slot) is recorded beside it, being
-the part of a time to first token that a batch adds.
+fewer arrivals. Requests stream (`"stream": true`, as chat front ends do), so each sample
+has a time to first token (send to the first event carrying content) beside its latency
+(send to the end of the stream); `--no-stream` sends plain requests (no first-token time).
+The simulator's `x-sim-queue-seconds` header (time spent waiting for a slot) is recorded
+too, being the part of a time to first token that a batch adds.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Sample:
     latency: float  # send to the whole answer read (seconds)
     status: int  # HTTP status; CONNECTION_ERROR when there was none
     queue_time: float | None  # the server's x-sim-queue-seconds, when it sent one
+    ttft: float | None = None  # send to the first streamed content (seconds); None unstreamed
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ class Summary:
     p99: float
     mean: float
     queue_p99: float  # nan when the server reports no queue time
+    ttft_p50: float = math.nan  # time to first token of successful streamed requests
+    ttft_p99: float = math.nan
 
     def to_json(self) -> dict[str, float | int]:
         return asdict(self)
@@ -90,6 +94,7 @@ def summarize(samples: Sequence[Sample], start: float = 0.0, end: float | None =
     ok = [s for s in chosen if 200 <= s.status < 300]
     latencies = [s.latency for s in ok]
     queued = [s.queue_time for s in ok if s.queue_time is not None]
+    ttfts = [s.ttft for s in ok if s.ttft is not None]
     window = max(0.0, end - start)
     return Summary(
         sent=len(chosen),
@@ -101,16 +106,42 @@ def summarize(samples: Sequence[Sample], start: float = 0.0, end: float | None =
         p99=percentile(latencies, 99),
         mean=sum(latencies) / len(latencies) if latencies else math.nan,
         queue_p99=percentile(queued, 99),
+        ttft_p50=percentile(ttfts, 50),
+        ttft_p99=percentile(ttfts, 99),
     )
 
 
-def chat_body(model: str, max_tokens: int, index: int) -> bytes:
-    body = {
+def chat_body(model: str, max_tokens: int, index: int, *, stream: bool = False) -> bytes:
+    body: dict[str, object] = {
         "model": model,
         "messages": [{"role": "user", "content": f"interactive question {index}"}],
         "max_tokens": max_tokens,
     }
+    if stream:
+        body["stream"] = True
     return json.dumps(body).encode()
+
+
+def has_content(event: bytes) -> bool:
+    """Whether one server-sent event line carries generated text (a first token)."""
+    if not event.startswith(b"data:"):
+        return False
+    data = event[5:].strip()
+    if not data or data == b"[DONE]":
+        return False
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return False
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        text = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(text, str) and text:
+            return True
+    return False
 
 
 class InteractiveLoad:
@@ -125,6 +156,7 @@ class InteractiveLoad:
         max_tokens: int = 16,
         seed: int = 0,
         timeout: float = 60.0,
+        stream: bool = True,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -134,6 +166,7 @@ class InteractiveLoad:
         self.max_tokens = max_tokens
         self.seed = seed
         self.timeout = timeout
+        self.stream = stream
         self.samples: list[Sample] = []
         self.started_at = math.nan  # loop time of the first arrival clock (`run`)
 
@@ -168,20 +201,25 @@ class InteractiveLoad:
     async def _one(self, session: aiohttp.ClientSession, index: int, started: float) -> None:
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        status, queue_time = CONNECTION_ERROR, None
+        status, queue_time, ttft = CONNECTION_ERROR, None, None
         try:
             async with session.post(
                 self.url,
-                data=chat_body(self.model, self.max_tokens, index),
+                data=chat_body(self.model, self.max_tokens, index, stream=self.stream),
                 headers={"Content-Type": "application/json"},
             ) as response:
-                await response.read()
+                if self.stream and response.status == 200:
+                    async for line in response.content:
+                        if ttft is None and has_content(line):
+                            ttft = loop.time() - sent
+                else:
+                    await response.read()
                 status = response.status
                 header = response.headers.get(QUEUE_HEADER)
                 queue_time = float(header) if header is not None else None
         except (aiohttp.ClientError, TimeoutError):
-            pass
-        self.samples.append(Sample(sent - started, loop.time() - sent, status, queue_time))
+            status = CONNECTION_ERROR
+        self.samples.append(Sample(sent - started, loop.time() - sent, status, queue_time, ttft))
 
 
 class BackgroundLoad:
@@ -232,9 +270,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="interactive")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-stream",
+        dest="stream",
+        action="store_false",
+        help="plain requests: no time to first token (for servers that cannot stream)",
+    )
     args = p.parse_args(argv)
     load = InteractiveLoad(
-        args.base_url, args.rate, model=args.model, max_tokens=args.max_tokens, seed=args.seed
+        args.base_url,
+        args.rate,
+        model=args.model,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        stream=args.stream,
     )
     asyncio.run(load.run(duration=args.duration))
     print(json.dumps(summarize(load.samples, 0.0, args.duration).to_json()))

@@ -25,6 +25,12 @@ time, whatever else runs; `continuous` behaves like a continuous-batching server
 every running request slows down as the batch fills (`occupancy_slowdown`; the formula is
 in `openbatch_sim.continuous`). Both share one FIFO queue in front of the slots.
 
+Chat completions can stream (`"stream": true`, server-sent events as OpenAI sends them):
+the first chunk (the role and the first word) leaves after `prefill_share` of the service
+time, the rest at the end, so a client measures a time to first token; with
+`stream_options.include_usage` a last chunk carries the usage. Other endpoints refuse
+`stream` (400), and the `invalid_json` fault does not apply to a stream.
+
 Run it as `openbatch sim` (or `python -m openbatch_sim --port 0`); it prints `READY http://HOST:PORT`
 once it accepts connections. The hot path avoids logging, pydantic and sleeps so that a
 benchmark can push 100,000 zero-service-time requests through it.
@@ -93,6 +99,8 @@ class SimConfig:
     mode: str = SimMode.FIXED.value
     # Continuous mode: with n of S slots busy, service runs 1 + k*n/S times slower.
     occupancy_slowdown: float = 0.5
+    # A streamed chat answer's first token comes after this share of its service time.
+    prefill_share: float = 0.1
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,9 +119,11 @@ _FLOAT_FIELDS = frozenset(
         "p_drop",
         "p_invalid_json",
         "occupancy_slowdown",
+        "prefill_share",
     }
 )
-_PROBABILITY_FIELDS = frozenset(f for f in _FLOAT_FIELDS if f.startswith("p_"))
+# Fields that are shares, 0..1: the fault probabilities and the prefill share.
+_PROBABILITY_FIELDS = frozenset(f for f in _FLOAT_FIELDS if f.startswith("p_")) | {"prefill_share"}
 _INT_FIELDS = frozenset({"slots", "completion_tokens", "seed", "max_waiting"})
 # Random faults in the order their probabilities are stacked on one uniform draw.
 _RANDOM_FAULTS = ("429", "500", "503", "hang", "drop", "invalid_json")
@@ -391,7 +401,7 @@ class ModelSim:
         path: str,
         build: Callable[[dict[str, Any], str], dict[str, Any]],
         request_id: str,
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         headers = {"x-request-id": request_id}
         auth = request.headers.get("Authorization", "")
         self.stats.authorization[auth] = self.stats.authorization.get(auth, 0) + 1
@@ -473,12 +483,12 @@ class ModelSim:
         held_from = loop.time()
         headers[QUEUE_HEADER] = f"{held_from - arrived:.6f}"
         try:
-            if service_time > 0:
-                if self.config.mode == SimMode.CONTINUOUS:
-                    await self._continuous_batch().serve(service_time)
-                else:
-                    await asyncio.sleep(service_time)
             answer = build(body, model)
+            if body.get("stream") is True:
+                stream = await self._stream(request, answer, body, service_time, headers)
+                self._record(answer, loop.time() - arrived, held_from - arrived)
+                return stream
+            await self._spend(service_time)
             if isinstance(x_sim, dict) and x_sim.get("echo") is True:
                 answer["x_sim_request"] = raw_body.decode("utf-8", errors="replace")
             payload = orjson.dumps(answer)
@@ -493,6 +503,38 @@ class ModelSim:
             # A response cut short mid-body: the status was 200, the JSON never closes.
             payload = payload[: max(1, len(payload) // 2)]
         return web.Response(body=payload, content_type=_JSON, headers=headers)
+
+    async def _spend(self, seconds: float) -> None:
+        """Serve `seconds` of work in the configured mode (the slot is already held)."""
+        if seconds <= 0:
+            return
+        if self.config.mode == SimMode.CONTINUOUS:
+            await self._continuous_batch().serve(seconds)
+        else:
+            await asyncio.sleep(seconds)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        answer: dict[str, Any],
+        body: dict[str, Any],
+        service_time: float,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """A chat answer as OpenAI streams it: the first chunk after the prefill share of the
+        service time, the rest when the service is done."""
+        prefill = service_time * self.config.prefill_share
+        await self._spend(prefill)
+        response = web.StreamResponse(
+            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        first, rest = _chunks(answer, body)
+        await response.write(first)
+        await self._spend(service_time - prefill)
+        await response.write(rest)
+        await response.write_eof()
+        return response
 
     def _continuous_batch(self) -> ContinuousBatch:
         if self._continuous is None:
@@ -587,9 +629,9 @@ class ModelSim:
             return "You must provide a model parameter.", "model", "missing_required_parameter"
         if not isinstance(model, str) or not model:
             return "Invalid type for 'model': expected a non-empty string.", "model", None
-        if body.get("stream") is True:
+        if body.get("stream") is True and path != "/v1/chat/completions":
             return (
-                "Streaming is not supported by this server's batch interface.",
+                "Streaming is supported for chat completions only.",
                 "stream",
                 "unsupported_value",
             )
@@ -914,6 +956,40 @@ def _error(
     return web.Response(body=orjson.dumps(body), status=status, content_type=_JSON, headers=headers)
 
 
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _chunks(answer: dict[str, Any], body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """A chat completion as server-sent events: (the first chunk, everything after it)."""
+    base = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return _sse({**base, "choices": choices, **extra})
+
+    def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    firsts: list[dict[str, Any]] = []
+    rests: list[dict[str, Any]] = []
+    ends: list[dict[str, Any]] = []
+    for item in answer["choices"]:
+        words = str(item["message"]["content"]).split(" ")
+        index = item["index"]
+        firsts.append(choice(index, {"role": "assistant", "content": words[0]}))
+        rests.append(choice(index, {"content": "".join(" " + w for w in words[1:])}))
+        ends.append(choice(index, {}, item["finish_reason"]))
+    usage = None
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        usage = answer["usage"]
+    tail = chunk(rests) + chunk(ends)
+    if usage is not None:
+        tail += chunk([], usage=usage)
+    return chunk(firsts), tail + b"data: [DONE]\n\n"
+
+
 def _format_seconds(seconds: float) -> str:
     """Retry-After as an integer when whole, else a short decimal (clients accept both)."""
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
@@ -1053,6 +1129,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="continuous mode: with n of S slots busy, service is 1 + K*n/S times slower "
         f"({d.occupancy_slowdown:g})",
+    )
+    p.add_argument(
+        "--prefill-share",
+        type=float,
+        default=d.prefill_share,
+        help="a streamed chat answer's first token comes after this share of its service "
+        f"time ({d.prefill_share:g})",
     )
     p.add_argument("--service-jitter", type=float, default=d.service_jitter)
     p.add_argument("--p-429", type=float, default=d.p_429)

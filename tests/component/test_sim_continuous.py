@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,13 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from openbatch_sim.load import BackgroundLoad, InteractiveLoad, arrival_offsets, summarize
+from openbatch_sim.load import (
+    BackgroundLoad,
+    InteractiveLoad,
+    arrival_offsets,
+    has_content,
+    summarize,
+)
 from openbatch_sim.server import QUEUE_HEADER
 from tests.fixtures.model_sim import ModelSimFactory, SimHandle
 
@@ -154,6 +161,66 @@ async def test_load_is_open_loop_and_records_every_request(
     # One slot: the last to arrive (within the second) waited for everyone else's service.
     assert summary.queue_p99 >= 0.2 * (expected - 1) - duration
     assert sim.stats()["max_in_flight"] > 1
+
+
+async def test_a_streamed_chat_answer_sends_its_first_token_after_the_prefill(
+    model_sim_factory: ModelSimFactory, session: aiohttp.ClientSession
+) -> None:
+    work, share = 0.4, 0.25
+    sim = model_sim_factory(
+        mode="continuous", slots=2, service_time=work, occupancy_slowdown=0, prefill_share=share
+    )
+    body = {
+        "model": "m",
+        "messages": USER,
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    sent = time.monotonic()
+    events: list[tuple[float, bytes]] = []
+    async with session.post(sim.base_url + "/chat/completions", data=orjson.dumps(body)) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        async for line in r.content:
+            if line.strip():
+                events.append((time.monotonic() - sent, line.strip()))
+    first_at, first = events[0]
+    # The first token cannot come before the prefill's work is done; the end not before
+    # all of it, and the two are apart by at least the rest of the work.
+    assert first_at >= work * share
+    assert has_content(first)
+    assert events[-1][1] == b"data: [DONE]"
+    assert events[-2][0] - first_at >= work * (1 - share) * 0.99
+    chunks = [orjson.loads(line[len(b"data: ") :]) for _, line in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert len(text.split()) == 4  # max_tokens words, as the unstreamed answer has
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]][-1] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+    assert sim.stats()["by_status"] == {"200": 1}
+    assert samples(sim)["vllm:request_success_total", (("finished_reason", "length"),)] == 1
+
+
+async def test_the_load_measures_time_to_first_token_when_streaming(
+    model_sim_factory: ModelSimFactory,
+) -> None:
+    sim = model_sim_factory(
+        mode="continuous", slots=8, service_time=0.2, occupancy_slowdown=0, prefill_share=0.1
+    )
+    streamed = InteractiveLoad(sim.base_url, 20.0, seed=3)
+    plain = InteractiveLoad(sim.base_url, 20.0, seed=3, stream=False)
+    await streamed.run(duration=0.5)
+    await plain.run(duration=0.5)
+    assert streamed.samples and plain.samples
+    for s in streamed.samples:
+        assert s.status == 200 and s.ttft is not None
+        assert 0.02 <= s.ttft and s.latency - s.ttft >= 0.18 * 0.99
+    assert all(s.ttft is None and s.latency >= 0.2 for s in plain.samples)
+    summary = summarize(streamed.samples)
+    assert 0.02 <= summary.ttft_p50 <= summary.ttft_p99 < summary.p99
+    assert math.isnan(summarize(plain.samples).ttft_p99)
 
 
 def test_background_load_beside_synchronous_code(model_sim_factory: ModelSimFactory) -> None:

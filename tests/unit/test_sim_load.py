@@ -11,6 +11,7 @@ from openbatch_sim.load import (
     CONNECTION_ERROR,
     Sample,
     arrival_offsets,
+    has_content,
     percentile,
     summarize,
 )
@@ -96,3 +97,35 @@ def test_summary_counts_failures_apart_and_windows_by_send_time() -> None:
 def test_summary_without_queue_headers_has_nan_queue_time() -> None:
     s = summarize([Sample(0.0, 0.1, 200, None), Sample(1.0, 0.1, 200, None)])
     assert s.ok == 2 and math.isnan(s.queue_p99)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n', True),
+        (b'data:{"choices": [{"delta": {"role": "assistant", "content": "x"}}]}', True),
+        (b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}', False),
+        (b'data: {"choices": [{"delta": {"role": "assistant"}}]}', False),
+        (b'data: {"choices": [], "usage": {"completion_tokens": 3}}', False),
+        (b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}}]}', False),
+        (b"data: [DONE]", False),
+        (b"data: not json", False),
+        (b"data: [1, 2]", False),
+        (b": keep-alive comment", False),
+        (b"\n", False),
+    ],
+)
+def test_a_first_token_is_the_first_event_with_text(line: bytes, expected: bool) -> None:
+    assert has_content(line) is expected
+
+
+def test_summary_has_first_token_percentiles_of_streamed_successes() -> None:
+    samples = [
+        Sample(0.1 * i, 1.0 + i / 100, 200, None, ttft=0.05 + i / 1000) for i in range(100)
+    ]
+    samples.append(Sample(5.0, 9.0, 500, None, ttft=None))
+    summary = summarize(samples)
+    assert summary.ttft_p50 == pytest.approx(0.05 + 49 / 1000)
+    assert summary.ttft_p99 == pytest.approx(0.05 + 98 / 1000)
+    plain = summarize([Sample(0.0, 1.0, 200, None)])
+    assert math.isnan(plain.ttft_p50) and math.isnan(plain.ttft_p99)
