@@ -6,25 +6,28 @@ batch's own replies since the last tick, and how the shard stands against its de
 It answers with the window for that server. docs/runner.md ("Polite batches") explains
 the rules; in short:
 
-* **Metrics**: the server's queue counts everyone's requests, the batch's own included, so
-  a queue above the threshold means the batch holds slots that others need: the window is
-  halved (once, until the batch's requests in flight have drained to the new window). The
-  server's running count at that moment is its capacity; from then on the batch fills only
-  the free slots below `capacity - headroom` (a tenth, at least one slot, stays free for
-  online arrivals), growing by at most a quarter of the window per tick and shrinking as
-  soon as online traffic takes more slots. Before the first full queue the window grows
-  by half per tick (slow start). A nearly full KV cache holds growth. Without a full queue
-  for `probe_seconds`, the capacity estimate rises by one slot (the server may have room).
+* **Metrics**: the server's counts include the batch's own requests, so the online
+  traffic's share is `running + waiting - in_flight`. The batch may hold the room the
+  server has (`capacity - headroom`, a tenth at least one slot left free for online
+  arrivals) minus what online traffic is expected to hold: the higher of its latest
+  reading and its recent mean, because online load is bursty and the window is set for
+  a whole interval on one reading. The window follows that target each tick, down at
+  once, up by at most doubling. The capacity is the lower of two estimates: the running
+  count at the last full queue (a queue above the threshold, or a 429/503/timeout of the
+  batch's own), and, when the server reports its KV cache, the requests that fit in
+  `cache_hold` of it (`running / usage * cache_hold`). While neither is known the window
+  grows by half per tick (slow start) and a full queue halves it. Without a full queue
+  for `probe_seconds`, the queue's estimate rises by one slot (the server may have room).
 * **Latency** (no metrics, or `scrape_failures` scrapes in a row failed): the median of the
   recent replies against the idle baseline (the lowest such median seen, first measured at
   the small starting window): above `latency_factor` × baseline, halve; otherwise +1 per
   tick (slow start until the first cut). Stuck at the floor for `rebaseline_seconds`, the
   latency there becomes the baseline (the work got slower, or the server is busy for good).
-* **Both**: a 429, 503 or timeout of the batch's own requests is a full server.
-* **Deadline pressure**: when the recent completion rate would finish the shard's
-  remaining lines later than `on_track` of the time left, the window's floor rises by a
-  tenth of the ceiling every `pressure_step_seconds`, so the batch takes capacity
-  gradually; once it is comfortably on track again (`release`), the floor steps back down.
+* **Deadline pressure**: by Little's law the shard needs `remaining × reply time / time
+  left` requests in flight (its share per server, times `pressure_margin`) to finish
+  on time. When that is more than politeness gives, it becomes the window's floor, and is
+  worked out again every tick, so the batch takes only the extra capacity the deadline
+  asks for and gives it back as soon as politeness alone would finish in time.
   The window never exceeds `max_limit` (the shard's `maxInFlight` share) nor goes below 1.
 
 Pure: time and measurements come in as arguments, so it is table-tested without clocks.
@@ -50,11 +53,11 @@ class ScrapeError:
 
 @dataclass(frozen=True)
 class DeadlineInfo:
-    """How the shard stands: lines left, seconds to the deadline, recent lines per second."""
+    """How the shard stands: lines left, seconds to the deadline, servers sharing the work."""
 
     remaining: int
     seconds_left: float
-    rate: float | None  # None while too little has been measured
+    servers: int = 1
 
 
 @dataclass(frozen=True)
@@ -83,31 +86,30 @@ class PoliteController:
     start: int = POLITE_START
     decrease_factor: float = 0.5
     slow_start_factor: float = 1.5
-    growth_fraction: float = 0.25  # growth towards the free slots per tick, of the window
     headroom_fraction: float = 0.1  # of the capacity, at least one slot, left to others
-    cache_hold: float = 0.9  # KV cache usage at which the window stops growing
+    cache_hold: float = 0.9  # share of the KV cache the server may fill
+    min_cache_reading: float = 0.01  # below this a cache reading says nothing about room
+    online_smoothing: float = 0.3  # weight of the latest reading in the online mean
     probe_seconds: float = 30.0
     latency_factor: float = 2.0
     latency_replies: int = 16  # recent replies whose median is judged
     min_replies: int = 3
     rebaseline_seconds: float = 30.0
     scrape_failures: int = 3  # failed scrapes in a row before falling back to latency
-    on_track: float = 0.9  # finish within this share of the time left: no pressure
-    release: float = 0.6  # finish within this share: the pressure steps back
-    pressure_step_seconds: float = 5.0
-    pressure_step_fraction: float = 0.1  # of max_limit, at least 1
-    limit: float = field(init=False)
-    floor: int = field(init=False, default=0)  # raised by deadline pressure
+    pressure_margin: float = 1.2  # the deadline's window, with room for slower replies
+    limit: float = field(init=False)  # what politeness allows
+    floor: int = field(init=False, default=0)  # what the deadline needs; 0 when no pressure
     signal: Signal = field(init=False, default=Signal.LATENCY)
-    capacity: float | None = field(init=False, default=None)
+    capacity: float | None = field(init=False, default=None)  # from the last full queue
+    online: float | None = field(init=False, default=None)  # recent mean of online requests
     baseline: float | None = field(init=False, default=None)
+    reply_time: float | None = field(init=False, default=None)  # median of recent replies
     slow_start: bool = field(init=False, default=True)
     cut_pending: bool = field(init=False, default=False)
     failures: int = field(init=False, default=0)
     _recent: deque[float] = field(init=False)
     _last_full: float | None = field(init=False, default=None)  # last full queue / probe
     _low_since: float | None = field(init=False, default=None)
-    _last_step: float = field(init=False, default=float("-inf"))
 
     def __post_init__(self) -> None:
         self.max_limit = max(1, self.max_limit)
@@ -116,16 +118,12 @@ class PoliteController:
 
     @property
     def window(self) -> int:
-        return min(self.max_limit, max(self._lower, int(self.limit)))
+        return min(self.max_limit, max(1, self.floor, int(self.limit)))
 
     @property
     def pressure(self) -> bool:
-        """Deadline pressure: the floor is raised above what politeness alone would allow."""
-        return self.floor > 0
-
-    @property
-    def _lower(self) -> int:
-        return max(1, self.floor)
+        """Deadline pressure: the window is above what politeness alone would allow."""
+        return self.floor > max(1, int(self.limit))
 
     def observe(self, tick: Tick) -> int:
         """Take one interval's measurements; the window for the next one."""
@@ -146,41 +144,54 @@ class PoliteController:
         else:
             self.signal = Signal.LATENCY
             self._by_latency(tick, fresh)
-        if tick.deadline is not None:
-            self._pressure(tick.now, tick.deadline)
-        self.limit = min(float(self.max_limit), max(float(self._lower), self.limit))
+        self.limit = min(float(self.max_limit), max(1.0, self.limit))
+        self.floor = self._deadline_floor(tick.deadline)
         return self.window
 
     # ------------------------------------------------------------------ metrics
     def _by_metrics(self, tick: Tick, load: Load) -> None:
-        if load.waiting > tick.queue_threshold or tick.overloads:
+        online = max(0.0, load.running + load.waiting - tick.in_flight)
+        mean = online if self.online is None else self.online
+        self.online = mean + self.online_smoothing * (online - mean)
+        full = load.waiting > tick.queue_threshold or tick.overloads > 0
+        if full:
             if load.running >= 1:
                 self.capacity = load.running  # the server is full at this many
             self._last_full = tick.now
-            self._cut(tick.in_flight)
-            return
-        self._settle_cut(tick.in_flight)
-        if self.capacity is not None and load.running > self.capacity:
+        elif self.capacity is not None and load.running > self.capacity:
             self.capacity = load.running  # it ran more than we thought it could
-        if load.cache_usage is not None and load.cache_usage >= self.cache_hold:
-            return  # memory nearly full: the next requests would queue or preempt
-        capacity = self.capacity
-        if capacity is None:
-            self._grow(tick.in_flight)
+        room = self._room(load)
+        if room is None:  # nothing known of the server's size yet
+            if full:
+                self._cut(tick.in_flight)
+            else:
+                self._settle_cut(tick.in_flight)
+                self._grow(tick.in_flight)
             return
-        target = capacity - max(1, round(capacity * self.headroom_fraction))
-        free = target - load.running
-        desired = tick.in_flight + free
+        self.slow_start = False
+        self.cut_pending = False
+        target = round(room - max(online, self.online))
         window = self.window
-        if desired > window and tick.in_flight * 2 >= window:
-            step = max(1.0, math.ceil(window * self.growth_fraction))
-            self.limit = min(desired, window + step)
-        elif desired < window:
-            self.limit = max(float(self._lower), desired)  # online traffic took slots
-        last_full = tick.now if self._last_full is None else self._last_full
-        if free <= 0 and tick.now - last_full >= self.probe_seconds:
-            self.capacity = capacity + 1  # no full queue for a while: try one slot more
-            self._last_full = tick.now
+        if target <= window:
+            self.limit = target  # online traffic took slots (or a queue formed): give back
+        elif tick.in_flight * 2 >= window:  # only a window in use grows
+            self.limit = min(target, 2.0 * window + 1)
+        if self.capacity is not None and not full:
+            last_full = tick.now if self._last_full is None else self._last_full
+            if online + tick.in_flight >= room and tick.now - last_full >= self.probe_seconds:
+                self.capacity += 1  # no full queue for a while: try one slot more
+                self._last_full = tick.now
+
+    def _room(self, load: Load) -> float | None:
+        """What the server holds without a queue, less the headroom: the lower estimate."""
+        bounds: list[float] = []
+        if self.capacity is not None:
+            headroom = max(1, round(self.capacity * self.headroom_fraction))
+            bounds.append(self.capacity - headroom)
+        usage = load.cache_usage
+        if usage is not None and usage >= self.min_cache_reading and load.running >= 1:
+            bounds.append(load.running / usage * self.cache_hold)
+        return min(bounds) if bounds else None
 
     # ------------------------------------------------------------------ latency
     def _learn_latency(self, latencies: tuple[float, ...]) -> float | None:
@@ -188,6 +199,7 @@ class PoliteController:
         if not latencies:
             return None
         self._recent.extend(latencies)
+        self.reply_time = statistics.median(self._recent)
         if len(self._recent) < self.min_replies:
             return None
         median = statistics.median(self._recent)
@@ -202,7 +214,7 @@ class PoliteController:
         if median is None or self.baseline is None:
             return  # nothing new to judge
         if median > self.latency_factor * self.baseline:
-            if self.window <= self._lower:
+            if self.window <= 1:
                 if self._low_since is None:
                     self._low_since = tick.now
                 elif tick.now - self._low_since >= self.rebaseline_seconds:
@@ -234,25 +246,25 @@ class PoliteController:
         if self.cut_pending:
             return
         self.cut_pending = True
-        self.limit = max(float(self._lower), math.floor(self.window * self.decrease_factor))
+        self.limit = max(1.0, math.floor(self.window * self.decrease_factor))
 
     def _settle_cut(self, in_flight: int) -> None:
         if in_flight <= self.window:
             self.cut_pending = False
 
-    def _pressure(self, now: float, info: DeadlineInfo) -> None:
-        if info.rate is None or info.remaining <= 0 or info.seconds_left <= 0:
-            return
-        finish = info.remaining / info.rate if info.rate > 0 else math.inf
-        if now - self._last_step < self.pressure_step_seconds:
-            return
-        step = max(1, math.ceil(self.max_limit * self.pressure_step_fraction))
-        if finish > info.seconds_left * self.on_track:
-            self.floor = min(self.max_limit, max(self.floor, self.window) + step)
-            self._last_step = now
-        elif finish < info.seconds_left * self.release and self.floor > 0:
-            self.floor = max(0, self.floor - step)
-            self._last_step = now
+    def _deadline_floor(self, info: DeadlineInfo | None) -> int:
+        """The window the deadline needs (Little's law), when politeness gives less; else 0."""
+        if info is None or info.remaining <= 0 or self.reply_time is None:
+            return 0
+        usable = info.seconds_left - self.reply_time  # the last requests must come back
+        if usable <= 0:
+            need = float(self.max_limit)
+        else:
+            share = info.remaining / max(1, info.servers)
+            need = share * self.reply_time / usable * self.pressure_margin
+        if need <= self.limit:
+            return 0
+        return min(self.max_limit, math.ceil(need))
 
 
 @dataclass

@@ -55,6 +55,16 @@ def metrics_url_for(base_url: str, location: str) -> str:
     return root + location
 
 
+def _worth_saying(floor: int, said: int) -> bool:
+    """Whether a deadline floor is news: pressure starts or ends, or the floor moved by half
+    of what was last said (it is worked out again every tick and would fill the log)."""
+    if floor == said:
+        return False
+    if not floor or not said:
+        return True
+    return 2 * abs(floor - said) >= said
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or "").lower(), parts.port
@@ -73,7 +83,7 @@ class _Slot:
     overloads: int = 0
     kind: ServerKind | None = None
     label: str = ""  # what the window follows, as reported ("vllm", "latency")
-    floor: int = 0
+    floor: int = 0  # the deadline's floor last reported (0: no pressure reported)
 
 
 class PoliteGate:
@@ -205,7 +215,8 @@ class PoliteGate:
         if self._deadline is None:
             return None
         left = (self._deadline - datetime.now(UTC)).total_seconds()
-        return DeadlineInfo(remaining=remaining, seconds_left=left, rate=self._meter.rate())
+        servers = sum(1 for slot in self._slots.values() if slot.server.health is Health.UP)
+        return DeadlineInfo(remaining=remaining, seconds_left=left, servers=max(1, servers))
 
     def _report(self, slot: _Slot, load: Load | ScrapeError | None) -> None:
         """Log what changed: the signal a window follows, and deadline pressure."""
@@ -224,18 +235,20 @@ class PoliteGate:
             else:
                 self._say(f"polite: {url}: its window follows its {label} metrics")
             slot.label = label
-        if controller.floor != slot.floor:
-            standing = self._standing_text()
-            if controller.floor > slot.floor:
-                self._say(
-                    f"deadline pressure: {standing}; {url}'s window may no longer go below "
-                    f"{controller.floor} (ceiling {controller.max_limit})"
-                )
-            elif controller.floor:
-                self._say(f"deadline pressure easing: {standing}; {url}'s floor {controller.floor}")
-            else:
-                self._say(f"deadline pressure over: {standing}; {url}'s window is polite again")
-            slot.floor = controller.floor
+        floor = controller.floor if controller.pressure else 0
+        if not _worth_saying(floor, slot.floor):
+            return
+        standing = self._standing_text()
+        if floor > slot.floor:
+            self._say(
+                f"deadline pressure: {standing}; {url}'s window may no longer go below "
+                f"{floor} (ceiling {controller.max_limit})"
+            )
+        elif floor:
+            self._say(f"deadline pressure easing: {standing}; {url}'s floor {floor}")
+        else:
+            self._say(f"deadline pressure over: {standing}; {url}'s window is polite again")
+        slot.floor = floor
 
     def _standing_text(self) -> str:
         remaining, _ = self._progress()

@@ -143,8 +143,9 @@ def test_polite_follows_the_simulators_vllm_metrics(
     assert record is not None and record.state is RunState.COMPLETED
     assert (record.window_mode, record.load_signal) == ("polite", "vllm")
     assert not record.deadline_pressure
-    # It found the 8 slots and kept the queue short: far from the 64 of a fixed window.
-    assert 8 <= sim.stats()["max_in_flight"] <= 20, sim.stats()
+    # The KV-cache gauge told it the server's size: it took the room of the 8 slots less
+    # the free tenth, and never made anything wait (a fixed window would send 64).
+    assert 5 <= sim.stats()["max_in_flight"] <= 8, sim.stats()
 
 
 def test_without_metrics_the_latency_fallback_completes_the_batch(

@@ -29,9 +29,9 @@ def full(c: PoliteController, now: float = 0.0) -> int:
     return c.observe(tick(now, c.window, load=load(0, c.window)))
 
 
-def saturate(c: PoliteController, *, capacity: float, now: float = 0.0) -> None:
-    """Make the controller learn `capacity` from a full queue (and halve the window)."""
-    c.observe(tick(now, c.window, load=load(3, capacity)))
+def server(waiting: float, running: float, size: float = 200) -> Load:
+    """A server whose KV cache holds `size` requests like these."""
+    return Load(waiting=waiting, running=running, cache_usage=running / size)
 
 
 def test_starts_small_and_slow_starts_while_the_queue_is_empty() -> None:
@@ -46,6 +46,8 @@ def test_an_unused_window_does_not_grow() -> None:
     c = PoliteController(max_limit=100, start=10)
     assert c.observe(tick(0, 2, load=load(0, 2))) == 10
     assert c.observe(tick(1, 5, load=load(0, 5))) == 15
+    sized = PoliteController(max_limit=100, start=10)
+    assert sized.observe(tick(0, 4, load=server(0, 4))) == 10  # room known, but unused
 
 
 @pytest.mark.parametrize("max_limit", [1, 3, 7, 64])
@@ -56,55 +58,66 @@ def test_never_more_than_the_ceiling(max_limit: int) -> None:
     assert c.window == max_limit
 
 
-def test_a_queue_halves_the_window_within_one_tick_and_learns_the_capacity() -> None:
+def test_a_queue_teaches_the_capacity_and_cuts_to_the_room_within_one_tick() -> None:
     c = PoliteController(max_limit=100, start=40)
-    # The server reports 2 waiting (above llama.cpp's threshold 0) with 24 running.
-    assert c.observe(tick(0, 40, load=load(2, 24))) == 20
-    assert c.capacity == 24
-    # Its requests already queued leave only as they finish: no second cut meanwhile.
-    assert c.observe(tick(1, 35, load=load(2, 24))) == 20
-    # Drained to the window and still a queue (online load grew): cut again.
-    assert c.observe(tick(2, 20, load=load(1, 24))) == 10
+    # 2 waiting (above llama.cpp's threshold 0) with 24 running: the server holds 24, a
+    # tenth stays free; the queue is the batch's own (24 + 2 - 40 < 0 online requests).
+    assert c.observe(tick(0, 40, load=load(2, 24))) == 22
+    assert c.capacity == 24 and c.online == 0
+    # Its requests already queued leave only as they finish; the room stays the same.
+    assert c.observe(tick(1, 35, load=load(2, 24))) == 22
+    # Drained to the window and a queue again: 3 online requests now share the server.
+    assert c.observe(tick(2, 22, load=load(1, 24))) == 19
 
 
 def test_the_queue_threshold_tolerates_that_many_waiting() -> None:
     c = PoliteController(max_limit=100, start=10)
     assert c.observe(tick(0, 10, load=load(1, 10), queue_threshold=1.0)) == 15
-    assert c.observe(tick(1, 15, load=load(2, 15), queue_threshold=1.0)) == 7
+    assert c.capacity is None
+    # 2 waiting: full at 15 running (room 13), and 2 of the 17 requests are online ones.
+    assert c.observe(tick(1, 15, load=load(2, 15), queue_threshold=1.0)) == 11
+    assert c.capacity == 15
 
 
-def test_fills_only_the_free_slots_below_capacity_minus_headroom() -> None:
-    c = PoliteController(max_limit=100, start=8)
-    saturate(c, capacity=20)  # learnt: 20 slots; headroom 2, so the target is 18
-    assert c.capacity == 20 and c.window == 4
-    # Online traffic runs 8, the batch 4: 6 slots free up to the target; it grows
-    # (by a quarter of the window, at least one) until the batch holds 10.
-    windows = [c.observe(tick(t, c.window, load=load(0, 8 + c.window))) for t in range(1, 8)]
-    assert windows == [5, 7, 9, 10, 10, 10, 10]
+def test_the_kv_cache_tells_the_room_before_any_queue() -> None:
+    c = PoliteController(max_limit=1000, start=2)
+    # The batch alone: the cache would hold 200 such requests, 90 % of it is the room;
+    # the window goes there at most doubling per tick.
+    windows = [c.observe(tick(t, c.window, load=server(0, c.window))) for t in range(7)]
+    assert windows == [5, 11, 23, 47, 95, 180, 180]
+    assert c.capacity is None  # never needed a queue to learn it
+    # A reading of a nearly empty cache says nothing: slow start instead.
+    slow = PoliteController(max_limit=1000, start=2)
+    assert slow.observe(tick(0, 2, load=Load(0, 2, cache_usage=0.001))) == 3
 
 
-def test_online_load_rising_shrinks_the_window_before_a_queue_forms() -> None:
-    c = PoliteController(max_limit=100, start=8)
-    saturate(c, capacity=20)
-    c.limit = 10.0
-    # Online traffic goes from 8 to 10 slots: the batch's 10 would push past 18.
-    assert c.observe(tick(5, 10, load=load(0, 20))) == 8  # 10 + (18 - 20)
-    assert not c.cut_pending  # not a congestion cut: it just stays below the target
+def test_the_lower_of_the_two_capacities_counts() -> None:
+    c = PoliteController(max_limit=1000, start=100)
+    # A queue at 120 running although the cache had room for 200: 120 it is (108 room).
+    assert c.observe(tick(0, 100, load=server(5, 120))) == 83  # 108 - 25 online
+    assert c.capacity == 120
 
 
-def test_recovery_after_online_load_falls() -> None:
-    c = PoliteController(max_limit=100, start=16)
-    c.observe(tick(0, 16, load=load(5, 16)))  # full: capacity 16, window 8
-    assert c.window == 8
-    # The online traffic is gone: the batch alone runs; it grows back towards 16 - 2.
-    windows = [c.observe(tick(t, c.window, load=load(0, c.window))) for t in range(1, 6)]
-    assert windows == [10, 13, 14, 14, 14]
+def test_online_traffic_takes_slots_back_at_once_and_returns_them_slowly() -> None:
+    c = PoliteController(max_limit=1000, start=2)
+    for t in range(6):
+        c.observe(tick(t, c.window, load=server(0, c.window)))
+    assert c.window == 180
+    # 60 online requests arrive: the server runs 200 and 40 wait. The window drops to the
+    # room left (180 - 60) in one tick; the batch's requests drain as they finish.
+    assert c.observe(tick(6, 180, load=server(40, 200))) == 120
+    assert c.observe(tick(7, 120, load=server(0, 180))) == 120
+    # Online traffic falls to 20: the recent mean (30.6, then lower) still counts, so
+    # the batch takes the freed slots back over several ticks, not at once.
+    windows = [c.observe(tick(t, c.window, load=server(0, 20 + c.window))) for t in range(8, 16)]
+    assert windows[0] == 153 and windows == sorted(windows) and windows[-1] == 159
 
 
-def test_a_full_kv_cache_holds_growth() -> None:
+def test_a_full_kv_cache_leaves_no_room() -> None:
     c = PoliteController(max_limit=100, start=10)
-    assert c.observe(tick(0, 10, load=load(0, 10, cache=0.95))) == 10
-    assert c.observe(tick(1, 10, load=load(0, 10, cache=0.5))) == 15
+    # 10 running fill 95 % of the cache: room for 9.5 requests at 90 %.
+    assert c.observe(tick(0, 10, load=load(0, 10, cache=0.95))) == 9
+    assert c.observe(tick(1, 9, load=load(0, 9, cache=0.5))) == 16
 
 
 def test_never_below_one() -> None:
@@ -115,16 +128,18 @@ def test_never_below_one() -> None:
 
 def test_capacity_probe_after_a_quiet_while() -> None:
     c = PoliteController(max_limit=100, start=8, probe_seconds=30)
-    saturate(c, capacity=10)  # target 9
-    for t in range(2, 40):
+    c.observe(tick(0, 8, load=load(3, 10)))  # learnt: 10 slots, room 9
+    for t in range(1, 40):
         c.observe(tick(t, c.window, load=load(0, c.window)))
-    assert c.capacity == 11  # one slot more after 30 quiet seconds (target 10)
+    assert c.capacity == 11  # one slot more after 30 quiet seconds at the room
     assert c.window == 10
 
 
 def test_own_overloads_are_a_full_server() -> None:
     c = PoliteController(max_limit=100, start=20)
-    assert c.observe(tick(0, 20, load=load(0, 5), overloads=1)) == 10
+    # A 429 while the server runs 5: it holds 5 (a gateway's limit, say); room 4.
+    assert c.observe(tick(0, 20, load=load(0, 5), overloads=1)) == 4
+    assert c.capacity == 5
     latency = PoliteController(max_limit=100, start=20)
     assert latency.observe(tick(0, 20, overloads=2)) == 10
 
@@ -178,56 +193,72 @@ def test_latency_rebaselines_when_stuck_at_the_floor() -> None:
     assert c.observe(tick(t + 1, 1, latencies=(1.0,) * 4)) == 2  # growing again
 
 
-def _pressure(remaining: int, left: float, rate: float | None) -> DeadlineInfo:
-    return DeadlineInfo(remaining=remaining, seconds_left=left, rate=rate)
+def _left(remaining: int, seconds: float, servers: int = 1) -> DeadlineInfo:
+    return DeadlineInfo(remaining=remaining, seconds_left=seconds, servers=servers)
 
 
-def test_deadline_pressure_raises_the_floor_step_by_step_up_to_the_ceiling() -> None:
+def crowded(c: PoliteController, now: float, deadline: DeadlineInfo, reply: float = 2.0) -> int:
+    """A tick on a server of 20 slots that 25 online requests keep full (5 wait), the
+    batch's own waiting behind them: politeness alone gives 1."""
+    b = c.window
+    return c.observe(
+        tick(now, b, load=load(5 + b, 20), latencies=(reply,) * 16, deadline=deadline)
+    )
+
+
+def test_deadline_pressure_takes_the_window_littles_law_asks_for() -> None:
+    c = PoliteController(max_limit=200, start=4)
+    # 600 lines, 2 s a reply, 60 s usable (62 left, less one reply): 600 * 2 / 60 = 20 in
+    # flight, with a fifth more for replies slowing down: 24.
+    assert crowded(c, 0, _left(600, 62)) == 24
+    assert c.pressure and c.floor == 24 and c.limit == 1
+    # Worked out again every tick: half the lines left in the same time, half the window.
+    assert crowded(c, 1, _left(300, 62)) == 12
+    # Replies got slower: more in flight for the same rate.
+    assert crowded(c, 2, _left(300, 62), reply=4.0) > 12
+
+
+def test_deadline_pressure_ends_when_politeness_alone_finishes_in_time() -> None:
+    c = PoliteController(max_limit=200, start=4)
+    assert crowded(c, 0, _left(600, 62)) == 24
+    assert crowded(c, 1, _left(10, 62)) == 1  # 10 * 2 / 60 * 1.2 = 0.4: one is enough
+    assert not c.pressure and c.floor == 0
+
+
+def test_deadline_pressure_never_exceeds_the_ceiling() -> None:
     c = PoliteController(max_limit=50, start=4)
-    late = _pressure(remaining=1000, left=100, rate=2.0)  # 500 s of work, 100 s left
-    windows = []
-    for t in range(0, 60, 1):
-        # The server is full all along: politeness alone would keep the window at 1.
-        windows.append(c.observe(tick(t, c.window, load=load(5, 20), deadline=late)))
-    assert c.pressure
-    # +5 (a tenth of 50) every 5 s, never past the ceiling.
-    assert windows[0] == 7 and windows[5] == 12 and windows[10] == 17  # from the cut 2
-    assert windows[-1] == 50 and max(windows) == 50
-    assert all(b >= a for a, b in itertools.pairwise(windows))
+    assert crowded(c, 0, _left(100_000, 62)) == 50
+    past = PoliteController(max_limit=50, start=4)
+    assert crowded(past, 0, _left(10, 1.0)) == 50  # less time left than one reply takes
 
 
-def test_deadline_pressure_steps_back_once_comfortably_on_track() -> None:
-    c = PoliteController(max_limit=50, start=4)
-    c.observe(tick(0, 4, load=load(5, 20), deadline=_pressure(1000, 100, 2.0)))
-    assert (c.floor, c.window) == (7, 7)
-    # 80 s of work for 100 s left: on track within 90 %, but not comfortably: hold.
-    c.observe(tick(5, 7, load=load(5, 20), deadline=_pressure(800, 100, 10.0)))
-    assert c.floor == 7
-    # 20 s of work left for 100 s: below 60 %: the floor steps back, pressure ends.
-    c.observe(tick(10, 7, load=load(5, 20), deadline=_pressure(200, 100, 10.0)))
-    assert c.floor == 2
-    c.observe(tick(15, 7, load=load(5, 20), deadline=_pressure(200, 100, 10.0)))
-    assert (c.floor, c.pressure) == (0, False)
+def test_servers_share_the_deadlines_window() -> None:
+    c = PoliteController(max_limit=200, start=4)
+    assert crowded(c, 0, _left(600, 62, servers=3)) == 8
 
 
 @pytest.mark.parametrize(
-    "info",
+    ("info", "replies"),
     [
-        _pressure(1000, 100, None),  # not measured yet
-        _pressure(0, 100, 0.0),  # nothing left
-        _pressure(10, 100, 1.0),  # on track
+        (_left(1000, 100), ()),  # no reply yet: its time is unknown
+        (_left(0, 100), (2.0,)),  # nothing left
+        (_left(10, 100), (2.0,)),  # politeness alone is in time
+        (None, (2.0,)),  # no deadline
     ],
 )
-def test_no_pressure_without_cause(info: DeadlineInfo) -> None:
+def test_no_pressure_without_cause(info: DeadlineInfo | None, replies: tuple[float, ...]) -> None:
     c = PoliteController(max_limit=50, start=4)
-    c.observe(tick(0, 4, load=load(5, 20), deadline=info))
-    assert not c.pressure and c.window == 2
+    c.observe(tick(0, 4, load=load(5, 20), latencies=replies, deadline=info))
+    assert not c.pressure and c.window == 1
 
 
-def test_a_stalled_batch_is_under_pressure() -> None:
-    c = PoliteController(max_limit=10, start=1)
-    c.observe(tick(0, 1, load=load(5, 20), deadline=_pressure(10, 100, 0.0)))
-    assert c.pressure and c.window == 2
+def test_pressure_in_latency_mode_too() -> None:
+    c = PoliteController(max_limit=200, start=4)
+    c.observe(tick(0, 4, latencies=(1.0,) * 3))
+    c.observe(tick(1, 6, latencies=(5.0,) * 16))  # queueing: the window is cut
+    assert c.limit == 3
+    assert c.observe(tick(2, 3, latencies=(5.0,) * 16, deadline=_left(600, 65))) == 60
+    assert c.pressure and c.signal is Signal.LATENCY
 
 
 def test_rate_meter() -> None:
