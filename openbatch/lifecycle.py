@@ -359,6 +359,26 @@ def _mirror_progress(status: BatchJobStatus, shards: tuple[ProgressRecord | None
         status.model = model
 
 
+def _deadline_pressure(b: _Builder, shards: tuple[ProgressRecord | None, ...]) -> None:
+    """A polite batch says when its deadline makes it take more than the spare capacity:
+    a condition while it lasts, and an Event when it starts and when it ends."""
+    pressed = sum(1 for r in shards if r is not None and r.deadline_pressure)
+    current = b.status.condition(ConditionType.DEADLINE_PRESSURE)
+    was = current is not None and current.status is ConditionStatus.TRUE
+    if bool(pressed) == was:
+        return
+    if pressed:
+        reason, message = (
+            ConditionReason.DEADLINE_PRESSURE,
+            f"{pressed} of {len(shards)} shard(s) take more than the model servers' spare "
+            "capacity to finish by the deadline",
+        )
+    else:
+        reason, message = ConditionReason.ON_TRACK, "the polite rate finishes in time again"
+    b.condition(ConditionType.DEADLINE_PRESSURE, bool(pressed), reason, message)
+    b.decision.events.append(Event(EventType.NORMAL, str(reason), message))
+
+
 def _foreign_location(result: FinalResult, obs: Observed) -> str | None:
     """A location the result names that is not the one the backend computed, or None."""
     pairs = ((result.output_uri, obs.output_uri), (result.error_uri, obs.error_uri))
@@ -690,6 +710,7 @@ def reconcile(job: BatchJob, obs: Observed, now: datetime) -> Decision:  # noqa:
     if validated:
         b.condition(ConditionType.VALIDATED, True, ConditionReason.VALID, "input is valid")
         b.condition(ConditionType.RUNNING, True, ConditionReason.RUNNING, "runner is sending")
+        _deadline_pressure(b, obs.shards)
         counts = st.request_counts
         return b.phase(
             Phase.IN_PROGRESS,

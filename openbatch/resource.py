@@ -292,6 +292,8 @@ class ConditionType(StrEnum):
     FAILED = "Failed"  # terminal: failed, expired or cancelled, told apart by the reason
     # The runner could start (False: the backend's reason it cannot, e.g. a missing Secret).
     RUNNER_STARTED = "RunnerStarted"
+    # A polite batch takes more than the spare capacity to meet its deadline (True while so).
+    DEADLINE_PRESSURE = "DeadlinePressure"
 
 
 class ConditionStatus(StrEnum):
@@ -328,6 +330,9 @@ class ConditionReason(StrEnum):
     CANNOT_START = "CannotStart"
     # A child under the runner's deterministic name exists that this batch does not own.
     RUNNER_CONFLICT = "RunnerConflict"
+    # DeadlinePressure=True: the polite rate would miss the deadline; False: it no longer does.
+    DEADLINE_PRESSURE = "DeadlinePressure"
+    ON_TRACK = "OnTrack"
 
 
 class Condition(KubeModel):

@@ -551,6 +551,7 @@ class Runner:
             progress=progress,
             deadline=cfg.deadline,
             say=self.view.message,
+            shares=cfg.shards,
         )
 
     async def _stop_dispatch_on_stop(self) -> None:

@@ -12,12 +12,14 @@ the rules; in short:
   arrivals) minus what online traffic is expected to hold: the higher of its latest
   reading and its recent mean, because online load is bursty and the window is set for
   a whole interval on one reading. The window follows that target each tick, down at
-  once, up by at most doubling. The capacity is the lower of two estimates: the running
-  count at the last full queue (a queue above the threshold, or a 429/503/timeout of the
-  batch's own), and, when the server reports its KV cache, the requests that fit in
-  `cache_hold` of it (`running / usage * cache_hold`). While neither is known the window
-  grows by half per tick (slow start) and a full queue halves it. Without a full queue
-  for `probe_seconds`, the queue's estimate rises by one slot (the server may have room).
+  once, up by at most doubling. Shards of one batch see each other as online traffic:
+  each takes only its `shares`-th of the free room, so together they fill it once (each
+  taking all of it, they would overshoot and swing). The capacity is the lower of two
+  estimates: the running count at the last full queue (a queue above the threshold, or a
+  429/503/timeout of the batch's own), and, when the server reports its KV cache, the
+  requests that fit in `cache_hold` of it (`running / usage * cache_hold`). While neither
+  is known the window grows by half per tick (slow start) and a full queue halves it.
+  Without a full queue for `probe_seconds`, the queue's estimate rises by one slot.
 * **Latency** (no metrics, or `scrape_failures` scrapes in a row failed): the median of the
   recent replies against the idle baseline (the lowest such median seen, first measured at
   the small starting window): above `latency_factor` × baseline, halve; otherwise +1 per
@@ -84,6 +86,7 @@ class Signal(StrEnum):
 class PoliteController:
     max_limit: int
     start: int = POLITE_START
+    shares: int = 1  # runners (shards) gated on the same server, each taking its share
     decrease_factor: float = 0.5
     slow_start_factor: float = 1.5
     headroom_fraction: float = 0.1  # of the capacity, at least one slot, left to others
@@ -96,7 +99,7 @@ class PoliteController:
     min_replies: int = 3
     rebaseline_seconds: float = 30.0
     scrape_failures: int = 3  # failed scrapes in a row before falling back to latency
-    pressure_margin: float = 1.2  # the deadline's window, with room for slower replies
+    pressure_margin: float = 1.1  # the deadline's window, with room for slower replies
     limit: float = field(init=False)  # what politeness allows
     floor: int = field(init=False, default=0)  # what the deadline needs; 0 when no pressure
     signal: Signal = field(init=False, default=Signal.LATENCY)
@@ -170,7 +173,10 @@ class PoliteController:
             return
         self.slow_start = False
         self.cut_pending = False
-        target = round(room - max(online, self.online))
+        # The free room, less what online traffic is expected to take, split across the
+        # shards that see it too (with one, simply `room - expected online`).
+        free = room - max(online, self.online) - tick.in_flight
+        target = round(tick.in_flight + free / max(1, self.shares))
         window = self.window
         if target <= window:
             self.limit = target  # online traffic took slots (or a queue formed): give back
@@ -264,7 +270,7 @@ class PoliteController:
             need = share * self.reply_time / usable * self.pressure_margin
         if need <= self.limit:
             return 0
-        return min(self.max_limit, math.ceil(need))
+        return min(self.max_limit, math.ceil(need - 1e-9))  # 55.000000001 is 55
 
 
 @dataclass

@@ -99,6 +99,7 @@ class PoliteGate:
         deadline: datetime | None,
         say: Callable[[str], None],
         fetch: Fetch = fetch_metrics,
+        shares: int = 1,  # shards of this batch, each gated on the same servers
     ) -> None:
         self._pool = pool
         self._window = window
@@ -113,7 +114,7 @@ class PoliteGate:
         self._slots: dict[int, _Slot] = {}
         for server in pool.servers:
             url = metrics_url_for(server.base_url, settings.metrics_url)
-            controller = PoliteController(max_limit=self._max_total)
+            controller = PoliteController(max_limit=self._max_total, shares=shares)
             self._slots[id(server)] = _Slot(
                 server,
                 controller,

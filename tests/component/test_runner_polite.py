@@ -35,6 +35,7 @@ from tests.runner_support import (
     read_uri,
     run_args,
     run_openbatch,
+    start_openbatch,
     write_uri,
 )
 
@@ -184,6 +185,40 @@ def test_each_server_is_gated_on_its_own_load(
     assert on_idle > 2 * on_busy  # the busy one's queue kept its window at the minimum
     record = progress(work)
     assert record is not None and record.load_signal == "vllm,vllm"
+
+
+def test_shards_of_one_batch_share_a_servers_room(
+    tmp_path: Path, model_sim_factory: ModelSimFactory
+) -> None:
+    # Two shards, one server of 8 slots: each sees the other as online traffic and takes
+    # half of the free room, so together they fill the room once instead of twice.
+    sim = model_sim_factory(slots=8, service_time=0.05)
+    uri, output, work, ids = _batch(tmp_path, [chat_line(i) for i in range(600)])
+    procs = [
+        start_openbatch(
+            [*run_args(uri, output, work, [sim.base_url]), *FAST, "--shard", f"{k}/2"]
+        )
+        for k in range(2)
+    ]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr
+        assert "its window follows its vllm metrics" in stderr
+    finalize = run_openbatch(
+        [
+            *["finalize", "--work-dir", work, "--shards", "2", "--output", output],
+            *["--errors", output.rsplit("/", 1)[0] + "/errors.jsonl"],
+        ]
+    )
+    assert finalize.returncode == 0, finalize.stderr
+    _outcome(output, ids)
+    for k in range(2):
+        record = progress(work, k)
+        assert record is not None and record.state is RunState.COMPLETED
+        assert (record.window_mode, record.load_signal) == ("polite", "vllm")
+    # The room of 8 slots less the free tenth is 7; two shards each taking all of it
+    # would hold up to 14 and queue 6.
+    assert sim.stats()["max_in_flight"] <= 8, sim.stats()
 
 
 def test_deadline_pressure_takes_capacity_to_finish_in_time(

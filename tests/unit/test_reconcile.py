@@ -115,6 +115,29 @@ def test_validated_runner_moves_to_in_progress_with_counts() -> None:
     assert validated is not None and validated.status is ConditionStatus.TRUE
 
 
+def test_deadline_pressure_is_a_condition_and_an_event_each_way() -> None:
+    calm = record(RunState.IN_PROGRESS, total=10, completed=3)
+    pressed = record(RunState.IN_PROGRESS, total=10, completed=4, deadline_pressure=True)
+    job = admitted(Phase.IN_PROGRESS)
+    d = reconcile(job, Observed(runner=RUNNING, shards=(calm, None)), NOW)
+    assert d.status.condition(ConditionType.DEADLINE_PRESSURE) is None  # never pressed
+    assert [e.reason for e in d.events] == []
+    job = job.model_copy(update={"status": d.status})
+    d = reconcile(job, Observed(runner=RUNNING, shards=(calm, pressed)), NOW)
+    cond = d.status.condition(ConditionType.DEADLINE_PRESSURE)
+    assert cond is not None and cond.status is ConditionStatus.TRUE
+    assert cond.reason == "DeadlinePressure" and "1 of 2 shard(s)" in cond.message
+    assert [(e.type.value, e.reason) for e in d.events] == [("Normal", "DeadlinePressure")]
+    job = job.model_copy(update={"status": d.status})
+    d = reconcile(job, Observed(runner=RUNNING, shards=(calm, pressed)), NOW)
+    assert d.events == []  # still pressed: said once
+    job = job.model_copy(update={"status": d.status})
+    d = reconcile(job, Observed(runner=RUNNING, shards=(calm, calm)), NOW)
+    cond = d.status.condition(ConditionType.DEADLINE_PRESSURE)
+    assert cond is not None and cond.status is ConditionStatus.FALSE and cond.reason == "OnTrack"
+    assert [e.reason for e in d.events] == ["OnTrack"]
+
+
 def test_still_validating_while_no_shard_reported() -> None:
     d = reconcile(admitted(Phase.VALIDATING), Observed(runner=RUNNING, shards=(None,)), NOW)
     assert d.status.phase is Phase.VALIDATING and d.events == []
