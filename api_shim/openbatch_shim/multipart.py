@@ -112,6 +112,11 @@ class _Collector:
         self._current = None
 
 
+def _joined(pieces: list[bytes]) -> FileData:
+    """One event for consecutive file bytes; a single piece (the usual case) is not copied."""
+    return FileData(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+
 async def form_events(
     content_type: str | None, body: AsyncIterator[bytes]
 ) -> AsyncIterator[FormEvent]:
@@ -139,17 +144,17 @@ async def form_events(
         except Exception as exc:  # python-multipart raises its own errors on bad framing
             raise BadRequest(f"The multipart/form-data body is malformed: {exc}") from exc
         events, collector.events = collector.events, []
-        pending = bytearray()
+        pending: list[bytes] = []
         for event in events:
             if isinstance(event, FileData):
-                pending += event.data
+                pending.append(event.data)
                 continue
             if pending:
-                yield FileData(bytes(pending))
-                pending.clear()
+                yield _joined(pending)
+                pending = []
             yield event
         if pending:
-            yield FileData(bytes(pending))
+            yield _joined(pending)
     parser.finalize()
     for event in collector.events:
         yield event

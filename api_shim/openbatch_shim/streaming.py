@@ -18,7 +18,7 @@ from openbatch.storage import ObjectStore
 
 CHUNK: Final = 1024 * 1024
 _QUEUE_DEPTH = 4
-_END = b""
+_END: list[bytes] = []  # the empty batch: no more data
 
 
 class _Aborted(Exception):
@@ -28,11 +28,12 @@ class _Aborted(Exception):
 class _QueueReader:
     """The store's side of the queue: `read(n)` blocks until it can return `n` bytes (or the end).
 
-    Chunks wait in a deque and are joined once per read, so a part costs one copy however
-    many chunks it is made of (bytes `+=` would copy the growing part at every chunk).
+    Items are batches of chunks, exactly as the loop received them; they wait in a deque
+    and are joined once per read, so a part costs one copy however many chunks it is made
+    of (bytes `+=` would copy the growing part at every chunk).
     """
 
-    def __init__(self, q: "queue.Queue[bytes | BaseException]") -> None:
+    def __init__(self, q: "queue.Queue[list[bytes] | BaseException]") -> None:
         self._q = q
         self._chunks: deque[bytes] = deque()
         self._held = 0
@@ -43,11 +44,11 @@ class _QueueReader:
             item = self._q.get()
             if isinstance(item, BaseException):
                 raise item
-            if item == _END:
+            if not item:  # the empty batch ends the stream
                 self._done = True
                 break
-            self._chunks.append(item)
-            self._held += len(item)
+            self._chunks.extend(item)
+            self._held += sum(len(chunk) for chunk in item)
         if size < 0 or size >= self._held:
             out = b"".join(self._chunks)
             self._chunks.clear()
@@ -67,11 +68,17 @@ class _QueueReader:
 
 
 class UploadSink:
-    """An atomic upload to `key` that the loop writes into chunk by chunk."""
+    """An atomic upload to `key` that the loop writes into chunk by chunk.
+
+    Chunks are handed over as they came (no copy here) in batches of about `CHUNK` bytes;
+    a batch goes straight into the queue when it has room, and only a full queue (the store
+    is slower than the client) costs a worker thread that waits for room.
+    """
 
     def __init__(self, store: ObjectStore, key: str) -> None:
-        self._q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_QUEUE_DEPTH)
-        self._pending = bytearray()
+        self._q: queue.Queue[list[bytes] | BaseException] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._batch: list[bytes] = []
+        self._batched = 0
         self.count = 0
         loop = asyncio.get_running_loop()
         reader = _QueueReader(self._q)
@@ -79,22 +86,26 @@ class UploadSink:
             None, store.put_stream, key, reader
         )
 
-    async def _put(self, item: bytes | BaseException) -> None:
-        # A full queue blocks a worker thread, never the loop.
-        await asyncio.to_thread(self._q.put, item)
+    async def _put(self, item: list[bytes] | BaseException) -> None:
+        try:
+            self._q.put_nowait(item)
+        except queue.Full:
+            # A full queue blocks a worker thread, never the loop.
+            await asyncio.to_thread(self._q.put, item)
 
     async def write(self, data: bytes) -> None:
         self.count += len(data)
-        self._pending += data
-        if len(self._pending) >= CHUNK:
-            chunk, self._pending = bytes(self._pending), bytearray()
-            await self._put(chunk)
+        self._batch.append(data)
+        self._batched += len(data)
+        if self._batched >= CHUNK:
+            batch, self._batch, self._batched = self._batch, [], 0
+            await self._put(batch)
 
     async def close(self) -> int:
         """Finish the upload; returns the bytes stored. Raises what the store raised."""
-        if self._pending:
-            await self._put(bytes(self._pending))
-            self._pending = bytearray()
+        if self._batch:
+            batch, self._batch, self._batched = self._batch, [], 0
+            await self._put(batch)
         await self._put(_END)
         return await asyncio.wrap_future(self._future)
 
