@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import re
 import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -177,6 +178,10 @@ def idempotent_batch_id(namespace: str, key: str) -> str:
     return "batch_" + hashlib.sha256(f"{namespace}\0{key}".encode()).hexdigest()[:32]
 
 
+# Renderings kept: a few list pages' worth per tenant of busy deployments.
+RENDERED_CACHE = 8192
+
+
 class BatchService:
     def __init__(
         self,
@@ -195,6 +200,22 @@ class BatchService:
         self._allowed = allowed_windows
         self._max_in_flight = max_in_flight
         self._sizes: dict[str, int] = {}  # output file key -> size (files never change)
+        self._rendered: OrderedDict[int, tuple[BatchJob, Batch]] = OrderedDict()
+
+    def _render(self, job: BatchJob) -> Batch:
+        """The Batch a BatchJob shows. Backends never change a stored job in place (an
+        update stores a new object), so a job's rendering holds while that very object is
+        the stored one: a list page of unchanged batches builds no models (B14)."""
+        key = id(job)
+        hit = self._rendered.get(key)
+        if hit is not None and hit[0] is job:  # the same object, not a reused id
+            self._rendered.move_to_end(key)
+            return hit[1]
+        batch = batch_from_resource(job)
+        self._rendered[key] = (job, batch)
+        if len(self._rendered) > RENDERED_CACHE:
+            self._rendered.popitem(last=False)
+        return batch
 
     async def create(
         self,
@@ -259,7 +280,7 @@ class BatchService:
         return job
 
     async def get(self, namespace: str, batch_id: str) -> Batch:
-        return batch_from_resource(await self._job(namespace, batch_id))
+        return self._render(await self._job(namespace, batch_id))
 
     async def page(
         self, namespace: str, *, after: str | None, limit: int
@@ -271,7 +292,7 @@ class BatchService:
                 f"Invalid 'after': no batch with id '{after}' in this list.", param="after"
             )
         jobs, more = found
-        return [batch_from_resource(j) for j in jobs], more
+        return [self._render(j) for j in jobs], more
 
     async def cancel(self, namespace: str, batch_id: str) -> Batch:
         job = await self._job(namespace, batch_id)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from openbatch.batch_mapping import batch_from_resource, batch_id_of, batchjob_from_create
-from openbatch.resource import BatchJob
-from openbatch.wire import CreateBatchRequest
-from openbatch_shim.backends.base import BatchIndex
+from openbatch.resource import BatchJob, Phase
+from openbatch.storage import LocalStore
+from openbatch.wire import Batch, CreateBatchRequest
+from openbatch_shim.backends.base import BatchBackend, BatchIndex
 from openbatch_shim.batches_service import (
+    BatchService,
     idempotent_batch_id,
     parameters_digest,
     parse_create,
@@ -104,3 +107,40 @@ def test_same_parameters_in_any_key_order_have_one_digest() -> None:
     assert parameters_digest(a) == parameters_digest(b) != parameters_digest(c)
     assert idempotent_batch_id("t", "k") == idempotent_batch_id("t", "k")
     assert idempotent_batch_id("t", "k") != idempotent_batch_id("u", "k")
+
+
+class _IndexBackend:
+    """Just enough of a backend for `BatchService.page`: one namespace's index."""
+
+    def __init__(self) -> None:
+        self.batches = BatchIndex()
+
+    async def index(self, namespace: str) -> BatchIndex:
+        return self.batches
+
+
+def test_a_list_page_renders_each_stored_job_once_and_sees_every_update() -> None:
+    backend = _IndexBackend()
+    service = BatchService(
+        cast(BatchBackend, backend),
+        root="/unused",
+        store=LocalStore(),
+        base="http://unused/v1",
+        allowed_windows=["24h"],
+    )
+    first = job("batch_a", 1)
+    backend.batches.put(first)
+
+    async def page_of() -> list[Batch]:
+        data, _ = await service.page("t", after=None, limit=10)
+        return data
+
+    (once,) = asyncio.run(page_of())
+    (again,) = asyncio.run(page_of())
+    assert again is once  # the stored job did not change: its rendering is reused
+    assert once == batch_from_resource(first)
+    # An update stores a new object (never a change in place): it is rendered afresh.
+    status = first.status.model_copy(update={"phase": Phase.IN_PROGRESS})
+    backend.batches.put(first.model_copy(update={"status": status}))
+    (updated,) = asyncio.run(page_of())
+    assert updated.status == "in_progress" and once.status == "validating"
