@@ -45,6 +45,7 @@ from openbatch.resource import (
     format_time,
     parse_completion_window,
 )
+from tests.docs_support import block_with
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "batchjobs.openbatch.dev.yaml"
@@ -694,3 +695,19 @@ def test_cel_url_rule_lets_ordinary_hosts_through(host: str) -> None:
 def test_parallelism_may_not_exceed_max_in_flight_rule() -> None:
     spec = _root()["properties"]["spec"]
     assert "self.parallelism <= self.concurrency.maxInFlight" in _rules(spec)
+
+
+def test_the_operator_docs_batchjob_is_valid_and_parses() -> None:
+    """docs/operator.md's annotated BatchJob, as written (its comments list alternatives)."""
+    manifest = yaml.safe_load(block_with("docs/operator.md", "kind: BatchJob", "yaml"))
+    assert _schema_errors(manifest) == []
+    spec = BatchJob.model_validate(manifest).spec
+    assert spec.concurrency.mode == "polite" and spec.model_server is not None
+    assert spec.model_server.service_ref is not None and spec.model_server.api_key_secret_ref
+
+
+def test_the_operator_docs_kubectl_get_shows_the_printer_columns() -> None:
+    header = block_with("docs/operator.md", "$ kubectl get bj").splitlines()[1].split()
+    columns = _version()["additionalPrinterColumns"]
+    shown = [c["name"].upper() for c in columns if not c.get("priority")]
+    assert header == ["NAME", *shown]
