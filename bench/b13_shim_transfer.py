@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def main() -> None:
                 serve = start_serve(tmp / f"serve-{mb}", models={"bench": "http://127.0.0.1:9/v1"})
                 pid = serve.process.pid
                 s3_puts, s3_gets, shim_puts, shim_gets = [], [], [], []
+                curl_puts, curl_gets = [], []
                 put_rss, get_rss = 0.0, 0.0
                 try:
                     client = openai.OpenAI(base_url=serve.base_url, api_key="b", max_retries=0)
@@ -106,31 +108,65 @@ def main() -> None:
                         put_rss = max(put_rss, peak_rss_mb(pid))
                         assert uploaded.bytes == size, uploaded
 
+                        # The same upload by curl (C): the shim's own ceiling, without the
+                        # Python client's.
                         started = time.monotonic()
-                        minio.fget_object(bucket, f"direct/{mb}.jsonl", str(tmp / "direct.out"))
-                        s3_gets.append(time.monotonic() - started)
+                        posted = subprocess.run(
+                            [
+                                *["curl", "-sS", "-H", "Authorization: Bearer b"],
+                                *["-F", "purpose=batch", "-F", f"file=@{path}"],
+                                f"{serve.base_url}/files",
+                            ],
+                            capture_output=True,
+                            check=True,
+                        )
+                        curl_puts.append(time.monotonic() - started)
+                        curled = orjson.loads(posted.stdout)
+                        assert curled["bytes"] == size, curled
+                        client.files.delete(curled["id"])
 
-                        target = tmp / "shim.out"
+                        # Both downloads are read to the end and counted, not written to a
+                        # file: on this machine's disk, overwriting a 200 MB file costs more
+                        # than the transfer (and minio's fget writes a fresh file, unfairly).
+                        started = time.monotonic()
+                        direct = minio.get_object(bucket, f"direct/{mb}.jsonl")
+                        got = sum(len(c) for c in direct.stream(1 << 20))
+                        direct.close()
+                        direct.release_conn()
+                        s3_gets.append(time.monotonic() - started)
+                        assert got == size
+
                         reset_peak_rss(pid)
                         started = time.monotonic()
-                        with (
-                            client.files.with_streaming_response.content(uploaded.id) as response,
-                            target.open("wb") as out,
-                        ):
-                            for chunk in response.iter_bytes(1 << 20):
-                                out.write(chunk)
+                        with client.files.with_streaming_response.content(uploaded.id) as response:
+                            got = sum(len(c) for c in response.iter_bytes(1 << 20))
                         shim_gets.append(time.monotonic() - started)
                         get_rss = max(get_rss, peak_rss_mb(pid))
-                        assert target.stat().st_size == size
+                        assert got == size
+
+                        # The same download by curl (C, to /dev/null): the shim's own ceiling,
+                        # without the Python client's (httpx/h11 reads 64 KiB at a time).
+                        started = time.monotonic()
+                        fetched = subprocess.run(
+                            [
+                                *["curl", "-sS", "-o", os.devnull, "-w", "%{size_download}"],
+                                *["-H", "Authorization: Bearer b"],
+                                f"{serve.base_url}/files/{uploaded.id}/content",
+                            ],
+                            capture_output=True,
+                            text=True,
+                            check=True,
+                        )
+                        curl_gets.append(time.monotonic() - started)
+                        assert int(fetched.stdout) == size
                         client.files.delete(uploaded.id)
                 finally:
                     serve.stop()
-                for name in ("direct.out", "shim.out"):
-                    (tmp / name).unlink()
                 rows.append(
                     (
-                        mb, size, median(s3_puts), median(shim_puts), median(s3_gets),
-                        median(shim_gets), idle, put_rss, get_rss,
+                        mb, size, median(s3_puts), median(shim_puts), median(curl_puts),
+                        median(s3_gets), median(shim_gets), median(curl_gets),
+                        idle, put_rss, get_rss,
                     )
                 )  # fmt: skip
                 print(f"  {mb} MB done", flush=True)
@@ -138,21 +174,27 @@ def main() -> None:
             seaweed.stop()
 
     print(
-        "| file | S3 PUT | shim upload | ratio | S3 GET | shim download | ratio "
-        "| shim RSS idle | peak upload | peak download |"
+        "| file | S3 PUT | shim upload (openai) | ratio | (curl) | ratio | S3 GET "
+        "| shim download (openai) | ratio | (curl) | ratio | shim RSS idle | peak upload "
+        "| peak download |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for mb, size, s3_put, shim_put, s3_get, shim_get, idle, put_rss, get_rss in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        mb, size, s3_put, shim_put, curl_put, s3_get, shim_get, curl_get, *rss = row
         mbps = size / 1e6
-        print(
-            f"| {mb} MB | {mbps / s3_put:.0f} MB/s | {mbps / shim_put:.0f} MB/s | "
-            f"**{s3_put / shim_put:.2f}** | {mbps / s3_get:.0f} MB/s | {mbps / shim_get:.0f} MB/s"
-            f" | **{s3_get / shim_get:.2f}** | {idle:.1f} MB | {put_rss:.1f} MB"
-            f" | {get_rss:.1f} MB |"
-        )
+        cells = [f"{mb} MB", f"{mbps / s3_put:.0f} MB/s"]
+        for took in (shim_put, curl_put):
+            cells += [f"{mbps / took:.0f} MB/s", f"**{s3_put / took:.2f}**"]
+        cells.append(f"{mbps / s3_get:.0f} MB/s")
+        for took in (shim_get, curl_get):
+            cells += [f"{mbps / took:.0f} MB/s", f"**{s3_get / took:.2f}**"]
+        cells += [f"{value:.1f} MB" for value in rss]
+        print("| " + " | ".join(cells) + " |")
     print(
         f"medians of {args.repeat} interleaved transfers; ratio = shim throughput / direct S3 "
-        "throughput (target ≥ 0.8); RSS target ≤ 100 MB (VmHWM, reset before each transfer)"
+        "throughput (target ≥ 0.8); the openai client (httpx) and curl each upload and "
+        "download through the shim; downloads are read and counted, not written to disk; "
+        "RSS target ≤ 100 MB (VmHWM, reset before each transfer)"
     )
 
 
