@@ -22,9 +22,10 @@ the rules; in short:
   Without a full queue for `probe_seconds`, the queue's estimate rises by one slot.
 * **Latency** (no metrics, or `scrape_failures` scrapes in a row failed): the median of the
   recent replies against the idle baseline (the lowest such median seen, first measured at
-  the small starting window): above `latency_factor` × baseline, halve; otherwise +1 per
-  tick (slow start until the first cut). Stuck at the floor for `rebaseline_seconds`, the
-  latency there becomes the baseline (the work got slower, or the server is busy for good).
+  the small starting window): above `latency_factor` × baseline, or on a 429/503/timeout
+  of the batch's own, halve; otherwise +1 per tick (slow start until the first cut). Stuck
+  at the floor for `rebaseline_seconds`, the latency there becomes the baseline (the work
+  got slower, or the server is busy for good).
 * **Deadline pressure**: by Little's law the shard needs `remaining × reply time / time
   left` requests in flight (its share per server, times `pressure_margin`) to finish
   on time. When that is more than politeness gives, it becomes the window's floor, and is
