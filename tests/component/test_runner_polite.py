@@ -195,9 +195,7 @@ def test_shards_of_one_batch_share_a_servers_room(
     sim = model_sim_factory(slots=8, service_time=0.05)
     uri, output, work, ids = _batch(tmp_path, [chat_line(i) for i in range(600)])
     procs = [
-        start_openbatch(
-            [*run_args(uri, output, work, [sim.base_url]), *FAST, "--shard", f"{k}/2"]
-        )
+        start_openbatch([*run_args(uri, output, work, [sim.base_url]), *FAST, "--shard", f"{k}/2"])
         for k in range(2)
     ]
     for proc in procs:

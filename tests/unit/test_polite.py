@@ -1,7 +1,5 @@
 """The polite window controller: back-off, recovery, fallback and deadline pressure."""
 
-import itertools
-
 import pytest
 
 from openbatch_runner.polite import (
@@ -201,9 +199,7 @@ def crowded(c: PoliteController, now: float, deadline: DeadlineInfo, reply: floa
     """A tick on a server of 20 slots that 25 online requests keep full (5 wait), the
     batch's own waiting behind them: politeness alone gives 1."""
     b = c.window
-    return c.observe(
-        tick(now, b, load=load(5 + b, 20), latencies=(reply,) * 16, deadline=deadline)
-    )
+    return c.observe(tick(now, b, load=load(5 + b, 20), latencies=(reply,) * 16, deadline=deadline))
 
 
 def test_deadline_pressure_takes_the_window_littles_law_asks_for() -> None:

@@ -120,9 +120,7 @@ def test_a_first_token_is_the_first_event_with_text(line: bytes, expected: bool)
 
 
 def test_summary_has_first_token_percentiles_of_streamed_successes() -> None:
-    samples = [
-        Sample(0.1 * i, 1.0 + i / 100, 200, None, ttft=0.05 + i / 1000) for i in range(100)
-    ]
+    samples = [Sample(0.1 * i, 1.0 + i / 100, 200, None, ttft=0.05 + i / 1000) for i in range(100)]
     samples.append(Sample(5.0, 9.0, 500, None, ttft=None))
     summary = summarize(samples)
     assert summary.ttft_p50 == pytest.approx(0.05 + 49 / 1000)
