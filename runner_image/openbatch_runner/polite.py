@@ -27,10 +27,10 @@ the rules; in short:
   at the floor for `rebaseline_seconds`, the latency there becomes the baseline (the work
   got slower, or the server is busy for good).
 * **Deadline pressure**: by Little's law the shard needs `remaining × reply time / time
-  left` requests in flight (its share per server, times `pressure_margin`) to finish
-  on time. When that is more than politeness gives, it becomes the window's floor, and is
-  worked out again every tick, so the batch takes only the extra capacity the deadline
-  asks for and gives it back as soon as politeness alone would finish in time.
+  left` requests in flight (its share per server, times `pressure_margin`) to finish a
+  tenth of the whole time early. When that is more than politeness gives, it becomes the
+  window's floor, worked out again every tick, so the batch takes only the extra capacity
+  the deadline asks for and gives it back as soon as politeness alone would finish in time.
   The window never exceeds `max_limit` (the shard's `maxInFlight` share) nor goes below 1.
 
 Pure: time and measurements come in as arguments, so it is table-tested without clocks.
@@ -61,6 +61,7 @@ class DeadlineInfo:
     remaining: int
     seconds_left: float
     servers: int = 1
+    seconds_total: float = 0.0  # from the runner's start to the deadline
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class PoliteController:
     rebaseline_seconds: float = 30.0
     scrape_failures: int = 3  # failed scrapes in a row before falling back to latency
     pressure_margin: float = 1.1  # the deadline's window, with room for slower replies
+    deadline_reserve: float = 0.1  # of the whole time to the deadline: finish this early
     limit: float = field(init=False)  # what politeness allows
     floor: int = field(init=False, default=0)  # what the deadline needs; 0 when no pressure
     signal: Signal = field(init=False, default=Signal.LATENCY)
@@ -263,7 +265,11 @@ class PoliteController:
         """The window the deadline needs (Little's law), when politeness gives less; else 0."""
         if info is None or info.remaining <= 0 or self.reply_time is None:
             return 0
-        usable = info.seconds_left - self.reply_time  # the last requests must come back
+        # Aim to finish a tenth of the whole time early (at least one reply's time, for the
+        # last requests to come back): worked out again every tick, a target at the deadline
+        # itself would be approached ever closer and a late hiccup would expire lines.
+        reserve = max(self.reply_time, self.deadline_reserve * info.seconds_total)
+        usable = info.seconds_left - reserve
         if usable <= 0:
             need = float(self.max_limit)
         else:

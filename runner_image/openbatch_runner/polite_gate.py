@@ -111,6 +111,7 @@ class PoliteGate:
         self._say = say
         self._fetch = fetch
         self._meter = RateMeter()
+        self._total: float | None = None  # seconds to the deadline at the first look
         self._slots: dict[int, _Slot] = {}
         for server in pool.servers:
             url = metrics_url_for(server.base_url, settings.metrics_url)
@@ -216,8 +217,15 @@ class PoliteGate:
         if self._deadline is None:
             return None
         left = (self._deadline - datetime.now(UTC)).total_seconds()
+        if self._total is None:
+            self._total = max(0.0, left)
         servers = sum(1 for slot in self._slots.values() if slot.server.health is Health.UP)
-        return DeadlineInfo(remaining=remaining, seconds_left=left, servers=max(1, servers))
+        return DeadlineInfo(
+            remaining=remaining,
+            seconds_left=left,
+            servers=max(1, servers),
+            seconds_total=self._total,
+        )
 
     def _report(self, slot: _Slot, load: Load | ScrapeError | None) -> None:
         """Log what changed: the signal a window follows, and deadline pressure."""

@@ -223,10 +223,10 @@ def test_deadline_pressure_takes_capacity_to_finish_in_time(
     tmp_path: Path, model_sim_factory: ModelSimFactory
 ) -> None:
     # Online traffic keeps the 4 slots full and 2 waiting: politeness alone gives the
-    # batch one request at a time, a seventh of the server: 500 lines would take ~45 s.
+    # batch one request at a time, a seventh of the server: 300 lines would take ~26 s.
     sim = model_sim_factory(slots=4, service_time=0.05)
-    uri, output, work, ids = _batch(tmp_path, [chat_line(i) for i in range(500)])
-    deadline = format_deadline(datetime.now(UTC) + timedelta(seconds=40))
+    uri, output, work, ids = _batch(tmp_path, [chat_line(i) for i in range(300)])
+    deadline = format_deadline(datetime.now(UTC) + timedelta(seconds=15))
     args = [*run_args(uri, output, work, [sim.base_url]), *FAST]
     args += ["--deadline", deadline, "--max-concurrency", "20"]
     with OnlineLoad(sim.base_url + "/completions", _sim_completion(), users=6) as online:

@@ -294,3 +294,13 @@ def test_shards_share_the_free_room_instead_of_each_taking_it() -> None:
     # Each taking all of it, they overshoot (146 for a room of 120), then swing.
     alone = _two_shards(shares=1)
     assert max(alone) > 140 and len(set(alone[-4:])) > 1
+
+
+def test_deadline_pressure_aims_a_tenth_of_the_whole_time_early() -> None:
+    # 600 lines, 2 s replies, 62 s left of 200: a tenth of the whole (20 s) is kept in
+    # reserve, so 42 s are usable: 600 * 2 / 42 * 1.1 = 31.4 -> 32.
+    c = PoliteController(max_limit=200, start=4)
+    info = DeadlineInfo(remaining=600, seconds_left=62, seconds_total=200)
+    assert crowded(c, 0, info) == 32
+    # Inside the reserve: all it may take.
+    assert crowded(c, 1, DeadlineInfo(remaining=600, seconds_left=15, seconds_total=200)) == 200
