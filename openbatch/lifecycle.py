@@ -282,6 +282,8 @@ class _Builder:
                 self.condition(ConditionType.FAILED, True, failed_reason, message)
                 self.condition(ConditionType.RUNNING, False, failed_reason, message)
         st.progress = format_progress(st.request_counts)
+        if phase is not Phase.IN_PROGRESS:
+            _release_pressure(self, phase)
         if phase is not self.before:
             self.decision.events.append(
                 Event(EventType.WARNING if warning else EventType.NORMAL, phase.value, message)
@@ -365,7 +367,7 @@ def _deadline_pressure(b: _Builder, shards: tuple[ProgressRecord | None, ...]) -
     pressed = sum(1 for r in shards if r is not None and r.deadline_pressure)
     current = b.status.condition(ConditionType.DEADLINE_PRESSURE)
     was = current is not None and current.status is ConditionStatus.TRUE
-    if bool(pressed) == was:
+    if not pressed and not was:
         return
     if pressed:
         reason, message = (
@@ -376,7 +378,16 @@ def _deadline_pressure(b: _Builder, shards: tuple[ProgressRecord | None, ...]) -
     else:
         reason, message = ConditionReason.ON_TRACK, "the polite rate finishes in time again"
     b.condition(ConditionType.DEADLINE_PRESSURE, bool(pressed), reason, message)
-    b.decision.events.append(Event(EventType.NORMAL, str(reason), message))
+    if bool(pressed) != was:  # an Event each way; a changed shard count only updates it
+        b.decision.events.append(Event(EventType.NORMAL, str(reason), message))
+
+
+def _release_pressure(b: _Builder, phase: Phase) -> None:
+    """Deadline pressure belongs to a running batch: it ends with the running."""
+    current = b.status.condition(ConditionType.DEADLINE_PRESSURE)
+    if current is not None and current.status is ConditionStatus.TRUE:
+        message = f"the batch is no longer sending requests ({phase.value})"
+        b.condition(ConditionType.DEADLINE_PRESSURE, False, ConditionReason.ON_TRACK, message)
 
 
 def _foreign_location(result: FinalResult, obs: Observed) -> str | None:

@@ -92,16 +92,18 @@ def test_the_simulator_trio_runs(tmp_path: Path) -> None:
     )
     sim_args = shlex.split(sim_line)
     assert sim_args[:2] == ["openbatch", "sim"]
-    sim = subprocess.Popen(
-        [*openbatch_command(), *sim_args[1:], "--port", "0", "--exit-on-stdin-eof"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "sim.log"
+    with log.open("wb") as err:
+        sim = subprocess.Popen(
+            [*openbatch_command(), *sim_args[1:], "--port", "0", "--exit-on-stdin-eof"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
     try:
         assert sim.stdout is not None
-        ready = sim.stdout.readline().decode()
-        assert ready.startswith("READY "), sim.stderr.read() if sim.stderr else ready
+        ready = sim.stdout.readline().decode()  # READY, or "" when it exited
+        assert ready.startswith("READY "), log.read_text()
         base = ready.split()[1] + "/v1"
         load_args = shlex.split(load_line.rstrip("&").strip())
         assert load_args[:3] == ["python", "-m", "openbatch_sim.load"]

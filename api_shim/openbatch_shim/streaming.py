@@ -18,6 +18,7 @@ from openbatch.storage import ObjectStore
 
 CHUNK: Final = 1024 * 1024
 _QUEUE_DEPTH = 4
+_PUT_WAIT = 0.5  # seconds a full queue is waited on before the store's state is checked
 _END: list[bytes] = []  # the empty batch: no more data
 
 
@@ -86,20 +87,38 @@ class UploadSink:
             None, store.put_stream, key, reader
         )
 
-    async def _put(self, item: list[bytes] | BaseException) -> None:
-        try:
-            self._q.put_nowait(item)
-        except queue.Full:
-            # A full queue blocks a worker thread, never the loop.
-            await asyncio.to_thread(self._q.put, item)
+    async def _put(self, item: list[bytes] | BaseException) -> bool:
+        """Hand `item` to the store's reader; False when the store has stopped reading
+        (it failed or finished): nothing would ever take the item, so it is dropped."""
+        while True:
+            try:
+                self._q.put_nowait(item)
+                return True
+            except queue.Full:
+                pass
+            if self._future.done():
+                return False
+            # A full queue waits in a worker thread, never the loop, and not for ever: the
+            # store may fail while the queue is full.
+            try:
+                await asyncio.to_thread(self._q.put, item, timeout=_PUT_WAIT)
+                return True
+            except queue.Full:
+                continue
 
     async def write(self, data: bytes) -> None:
+        """Raises what the store raised if it stopped reading (the upload failed)."""
         self.count += len(data)
         self._batch.append(data)
         self._batched += len(data)
         if self._batched >= CHUNK:
             batch, self._batch, self._batched = self._batch, [], 0
-            await self._put(batch)
+            if not await self._put(batch):
+                await self._store_ended()
+
+    async def _store_ended(self) -> None:
+        await asyncio.wrap_future(self._future)  # raises the store's error
+        raise RuntimeError("the store stopped reading before the upload ended")
 
     async def close(self) -> int:
         """Finish the upload; returns the bytes stored. Raises what the store raised."""

@@ -130,6 +130,7 @@ class S3Store:
     # Parts of one upload sent at once: the next part is read from the caller while these
     # travel, and the store's per-part round trip no longer stalls the caller (B13).
     PARALLEL_PARTS = 2
+    MAX_PARTS = 10_000  # S3's limit of parts in one multipart upload
 
     def __init__(self, bucket: str, settings: S3Settings, part_size: int = PART_SIZE) -> None:
         if not _BUCKET_RULES_RE.match(bucket) or ".." in bucket:
@@ -372,8 +373,15 @@ class S3Store:
             parts = self._upload_parts(key, upload_id, data, source)
             client._complete_multipart_upload(self.bucket, key, upload_id, parts)
         except BaseException:
-            with contextlib.suppress(Exception):
+            try:
                 client._abort_multipart_upload(self.bucket, key, upload_id)
+            except Exception as exc:  # the upload's own failure is what the caller needs
+                _log.warning(
+                    "could not abort the multipart upload of %s (%s): its parts stay until a "
+                    "lifecycle rule (AbortIncompleteMultipartUpload) removes them",
+                    self._where(key),
+                    exc,
+                )
             raise
 
     def _upload_parts(self, key: str, upload_id: str, first: bytes, source: _Source) -> list[Part]:
@@ -390,6 +398,12 @@ class S3Store:
             try:
                 number, data = 1, first
                 while data:
+                    if number > self.MAX_PARTS:
+                        raise StorageError(
+                            f"put {self._where(key)}: more than {self.MAX_PARTS} parts of "
+                            f"{self.part_size} bytes, S3's limit for one object",
+                            transient=False,
+                        )
                     if len(sending) >= self.PARALLEL_PARTS:
                         settle_oldest()
                     upload = pool.submit(

@@ -127,6 +127,12 @@ class PoliteController:
         return min(self.max_limit, max(1, self.floor, int(self.limit)))
 
     @property
+    def _polite(self) -> int:
+        """The window politeness alone allows (the deadline's floor left out): what cuts
+        halve and growth grows, so a floor never inflates the polite value."""
+        return min(self.max_limit, max(1, int(self.limit)))
+
+    @property
     def pressure(self) -> bool:
         """Deadline pressure: the window is above what politeness alone would allow."""
         return self.floor > max(1, int(self.limit))
@@ -180,7 +186,7 @@ class PoliteController:
         # shards that see it too (with one, simply `room - expected online`).
         free = room - max(online, self.online) - tick.in_flight
         target = round(tick.in_flight + free / max(1, self.shares))
-        window = self.window
+        window = self._polite
         if target <= window:
             self.limit = target  # online traffic took slots (or a queue formed): give back
         elif tick.in_flight * 2 >= window:  # only a window in use grows
@@ -208,10 +214,9 @@ class PoliteController:
         if not latencies:
             return None
         self._recent.extend(latencies)
-        self.reply_time = statistics.median(self._recent)
+        median = self.reply_time = statistics.median(self._recent)
         if len(self._recent) < self.min_replies:
             return None
-        median = statistics.median(self._recent)
         if self.baseline is None or median < self.baseline:
             self.baseline = median
         return median
@@ -238,7 +243,7 @@ class PoliteController:
     # ------------------------------------------------------------------ shared
     def _grow(self, in_flight: int) -> None:
         """Slow start (by half) until the first cut, then +1; only a window in use grows."""
-        window = self.window
+        window = self._polite
         if in_flight * 2 < window:
             return
         grown = window + 1.0
@@ -255,7 +260,7 @@ class PoliteController:
         if self.cut_pending:
             return
         self.cut_pending = True
-        self.limit = max(1.0, math.floor(self.window * self.decrease_factor))
+        self.limit = max(1.0, math.floor(self._polite * self.decrease_factor))
 
     def _settle_cut(self, in_flight: int) -> None:
         if in_flight <= self.window:

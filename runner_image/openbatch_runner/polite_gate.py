@@ -172,11 +172,14 @@ class PoliteGate:
         loop = asyncio.get_running_loop()
         interval = self._settings.interval
         while True:
+            # The batch's requests as the server's counts will see them: taken before the
+            # scrape, which may take a while (window changes meanwhile are not in them).
+            in_flight = slot.in_flight
             load, threshold = await self._read(slot)
             now = loop.time()
             tick = Tick(
                 now=now,
-                in_flight=slot.in_flight,
+                in_flight=in_flight,
                 load=load,
                 queue_threshold=threshold,
                 latencies=tuple(slot.latencies),

@@ -47,6 +47,11 @@ def _installs() -> list[str]:
     return found
 
 
+def test_the_install_commands_are_found() -> None:
+    # The guide's install, its kind walkthrough and the chart README: three places.
+    assert len(_installs()) == 3
+
+
 @pytest.mark.parametrize("line", _installs())
 def test_every_helm_install_renders_its_routing_table(line: str) -> None:
     release, namespace, values = _helm_install(line)
@@ -70,8 +75,10 @@ def _api_keys(objects: list[Obj]) -> bytes:
     ids=["first-steps", "kind-walkthrough"],
 )
 def test_first_steps_name_what_the_install_creates_and_read_a_key(steps: list[str]) -> None:
-    (line,) = [ln for ln in shell_lines(blocks(INSTALL, "sh")[0]) if ln.startswith("helm")]
-    release, namespace, values = _helm_install(line)
+    # The block's own install when it has one (the walkthrough), else the guide's first.
+    own = [ln for ln in steps if ln.startswith("helm install")]
+    first = [ln for ln in shell_lines(blocks(INSTALL, "sh")[0]) if ln.startswith("helm")]
+    release, namespace, values = _helm_install((own or first)[0])
     objects = render(values, release=release, namespace=namespace)
     steps = steps[next(i for i, s in enumerate(steps) if "port-forward" in s) :]
     forward = shlex.split(steps[0])

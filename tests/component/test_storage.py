@@ -716,3 +716,16 @@ def test_writes_during_an_outage_succeed_once_the_server_is_back(
         "shard-0/out-00000002.jsonl",
     ]
     assert store.read_bytes("before") == b"1"
+
+
+def test_put_stream_refuses_more_parts_than_s3_allows(
+    s3_bucket: str, s3_settings: S3Settings
+) -> None:
+    store = S3Store(s3_bucket, s3_settings)
+    store.MAX_PARTS = 2  # S3's limit is 10,000 parts; two keep the test small
+    with pytest.raises(StorageError, match="more than 2 parts") as info:
+        store.put_stream("too/big", ChunkReader(2 * PART_SIZE + 1))
+    assert not info.value.transient
+    assert store.stat("too/big") is None
+    pending = store._client._list_multipart_uploads(s3_bucket, prefix="too/")
+    assert pending.uploads == []  # aborted, not left holding two parts

@@ -304,3 +304,16 @@ def test_deadline_pressure_aims_a_tenth_of_the_whole_time_early() -> None:
     assert crowded(c, 0, info) == 32
     # Inside the reserve: all it may take.
     assert crowded(c, 1, DeadlineInfo(remaining=600, seconds_left=15, seconds_total=200)) == 200
+
+
+def test_a_cut_under_pressure_halves_the_polite_window_not_the_floor() -> None:
+    c = PoliteController(max_limit=200, start=4)
+    c.observe(tick(0, 4, latencies=(1.0,) * 3))  # baseline 1 s
+    pressed = _left(600, 65)
+    assert c.observe(tick(1, 6, latencies=(5.0,) * 16, deadline=pressed)) > 40  # the floor
+    assert c.limit == 3  # the cut halved politeness' window (6), not the floor's
+    # Still overloaded, drained to the window: politeness goes on down; the floor holds.
+    c.observe(tick(2, c.window, latencies=(5.0,) * 16, deadline=pressed))
+    assert c.limit == 1 and c.pressure
+    # Pressure gone: the window is politeness' own again at once, not a halved floor.
+    assert c.observe(tick(3, c.window, latencies=(5.0,) * 16, deadline=_left(1, 65))) == 1

@@ -301,3 +301,22 @@ def test_a_missing_input_fails_validation_before_any_runner() -> None:
     (error,) = d.status.errors
     assert (error.code, error.param, error.line) == ("invalid_request", "file_id", None)
     assert "Cannot find file" in error.message
+
+
+def test_deadline_pressure_ends_with_the_running_and_follows_the_shard_count() -> None:
+    one = record(RunState.IN_PROGRESS, total=10, completed=3, deadline_pressure=True)
+    calm = record(RunState.IN_PROGRESS, total=10, completed=3)
+    job = admitted(Phase.IN_PROGRESS)
+    d = reconcile(job, Observed(runner=RUNNING, shards=(one, calm)), NOW)
+    job = job.model_copy(update={"status": d.status})
+    d = reconcile(job, Observed(runner=RUNNING, shards=(one, one)), NOW)
+    cond = d.status.condition(ConditionType.DEADLINE_PRESSURE)
+    assert cond is not None and "2 of 2 shard(s)" in cond.message
+    assert d.events == []  # still pressed: the message follows, no second Event
+    job = job.model_copy(update={"status": d.status})
+    result = FinalResult(state=RunState.COMPLETED, total=20, completed=20, failed=0, unrun=0)
+    d = reconcile(job, Observed(runner=DONE, shards=(one, one), result=result), NOW)
+    assert d.status.phase is Phase.COMPLETED
+    cond = d.status.condition(ConditionType.DEADLINE_PRESSURE)
+    assert cond is not None and cond.status is ConditionStatus.FALSE
+    assert "no longer sending" in cond.message

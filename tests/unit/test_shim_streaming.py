@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 from pathlib import Path
 from typing import cast
@@ -161,3 +162,36 @@ def test_upload_sink_hands_the_clients_chunks_on_uncopied() -> None:
     assert asyncio.run(go()) == 5 * piece
     # The very objects the client's request delivered reach the store: no copy between.
     assert all(got is sent for got, sent in zip(store.seen, chunks, strict=True))
+
+
+class _FailingStore:
+    """A store that reads one piece of the upload, then fails (an S3 error mid-upload)."""
+
+    def put_stream(self, key: str, reader: _QueueReader) -> int:
+        reader.read(1)
+        raise OSError("the store went away")
+
+
+def test_a_store_failing_mid_upload_fails_the_upload_instead_of_hanging_it() -> None:
+    chunk = b"x" * (1024 * 1024)
+
+    async def go() -> None:
+        sink = UploadSink(cast(ObjectStore, _FailingStore()), "key")
+        # Far more than the queue holds: without a reader, a blind put would wait for ever.
+        for _ in range(64):
+            await sink.write(chunk)
+
+    with pytest.raises(OSError, match="the store went away"):
+        # The bound only turns a hang into a failure; a working sink raises within a second.
+        asyncio.run(asyncio.wait_for(go(), timeout=60))
+
+
+def test_abort_after_the_store_failed_returns() -> None:
+    async def go() -> None:
+        sink = UploadSink(cast(ObjectStore, _FailingStore()), "key")
+        for _ in range(8):
+            with contextlib.suppress(OSError):
+                await sink.write(b"y" * (1024 * 1024))
+        await sink.abort()
+
+    asyncio.run(asyncio.wait_for(go(), timeout=60))

@@ -1,6 +1,7 @@
 """The one interface both batch backends implement, and the ordered index they share."""
 
 import bisect
+import threading
 from typing import Protocol
 
 from openbatch.batch_mapping import batch_id_of, created_order
@@ -36,15 +37,18 @@ class BatchIndex:
 
     Sorted by `created_order` descending: creation time in nanoseconds, then name, so the
     order is total and a page boundary is stable however many batches share a second.
+    Thread-safe: the Kubernetes backend's watch thread writes while the loop reads pages.
     """
 
     def __init__(self) -> None:
         self._keys: list[tuple[int, str, str]] = []  # (-ns, inverted name, name), ascending
         self._jobs: dict[str, BatchJob] = {}  # name -> job
         self._position: dict[str, int] | None = None  # batch id -> index in _keys
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._keys)
+        with self._lock:
+            return len(self._keys)
 
     @staticmethod
     def _key(job: BatchJob) -> tuple[int, str, str]:
@@ -52,6 +56,10 @@ class BatchIndex:
         return -ns, _inverted(name), name
 
     def put(self, job: BatchJob) -> None:
+        with self._lock:
+            self._put(job)
+
+    def _put(self, job: BatchJob) -> None:
         name = job.metadata.name
         old = self._jobs.get(name)
         self._jobs[name] = job
@@ -63,22 +71,29 @@ class BatchIndex:
         self._position = None
 
     def remove(self, name: str) -> None:
-        old = self._jobs.pop(name, None)
-        if old is not None:
-            self._keys.remove(self._key(old))
-            self._position = None
+        with self._lock:
+            old = self._jobs.pop(name, None)
+            if old is not None:
+                self._keys.remove(self._key(old))
+                self._position = None
 
     def get(self, name: str) -> BatchJob | None:
-        return self._jobs.get(name)
+        with self._lock:
+            return self._jobs.get(name)
 
     def _name_at(self, index: int) -> str:
         return self._keys[index][2]
 
     def ordered(self) -> list[BatchJob]:
-        return [self._jobs[self._name_at(i)] for i in range(len(self._keys))]
+        with self._lock:
+            return [self._jobs[self._name_at(i)] for i in range(len(self._keys))]
 
     def page(self, after: str | None, limit: int) -> tuple[list[BatchJob], bool] | None:
         """Newest first after the batch with id `after`; None when `after` is not here."""
+        with self._lock:
+            return self._page(after, limit)
+
+    def _page(self, after: str | None, limit: int) -> tuple[list[BatchJob], bool] | None:
         start = 0
         if after is not None:
             if self._position is None:
