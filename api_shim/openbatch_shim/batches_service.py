@@ -205,10 +205,11 @@ class BatchService:
     def _render(self, job: BatchJob) -> Batch:
         """The Batch a BatchJob shows. Backends never change a stored job in place (an
         update stores a new object), so a job's rendering holds while that very object is
-        the stored one: a list page of unchanged batches builds no models (B14)."""
+        the stored one: a list page of unchanged batches builds no models (B14). The cache
+        holds each job it keys, so no other object can take that id while it is cached."""
         key = id(job)
         hit = self._rendered.get(key)
-        if hit is not None and hit[0] is job:  # the same object, not a reused id
+        if hit is not None:
             self._rendered.move_to_end(key)
             return hit[1]
         batch = batch_from_resource(job)
