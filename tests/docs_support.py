@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 from tests.runner_support import REPO_ROOT
 
 _FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", flags=re.DOTALL | re.MULTILINE)
@@ -39,7 +37,3 @@ def shell_lines(block: str) -> list[str]:
         if line and not line.startswith("#"):
             out.append(line)
     return out
-
-
-def doc_path(doc: str) -> Path:
-    return REPO_ROOT / doc
