@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 from tests.runner_support import REPO_ROOT
 
 _FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", flags=re.DOTALL | re.MULTILINE)
