@@ -86,9 +86,16 @@ def main() -> None:
 
                 os.environ["OPENBATCH_SHIM_STORAGE_ROOT"] = f"s3://{bucket}/shim-{mb}"
                 serve = start_serve(tmp / f"serve-{mb}", models={"bench": "http://127.0.0.1:9/v1"})
+                # A second shim over the same storage root (so it sees the same files) with
+                # the opt-in download redirect (decision 0005).
+                os.environ["OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS"] = "600"
+                redirecting = start_serve(
+                    tmp / f"serve-redirect-{mb}", models={"bench": "http://127.0.0.1:9/v1"}
+                )
+                del os.environ["OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS"]
                 pid = serve.process.pid
                 s3_puts, s3_gets, shim_puts, shim_gets = [], [], [], []
-                curl_puts, curl_gets = [], []
+                curl_puts, curl_gets, redirect_gets, curl_redirect_gets = [], [], [], []
                 put_rss, get_rss = 0.0, 0.0
                 try:
                     client = openai.OpenAI(base_url=serve.base_url, api_key="b", max_retries=0)
@@ -159,13 +166,38 @@ def main() -> None:
                         )
                         curl_gets.append(time.monotonic() - started)
                         assert int(fetched.stdout) == size
+
+                        # Redirected downloads: a 307 from the shim, the bytes from S3.
+                        other = openai.OpenAI(
+                            base_url=redirecting.base_url, api_key="b", max_retries=0
+                        )
+                        started = time.monotonic()
+                        with other.files.with_streaming_response.content(uploaded.id) as response:
+                            got = sum(len(c) for c in response.iter_bytes(1 << 20))
+                        redirect_gets.append(time.monotonic() - started)
+                        assert got == size
+                        started = time.monotonic()
+                        fetched = subprocess.run(
+                            [
+                                *["curl", "-sS", "-L", "-o", os.devnull, "-w", "%{size_download}"],
+                                *["-H", "Authorization: Bearer b"],
+                                f"{redirecting.base_url}/files/{uploaded.id}/content",
+                            ],
+                            capture_output=True,
+                            text=True,
+                            check=True,
+                        )
+                        curl_redirect_gets.append(time.monotonic() - started)
+                        assert int(fetched.stdout) == size
                         client.files.delete(uploaded.id)
                 finally:
                     serve.stop()
+                    redirecting.stop()
                 rows.append(
                     (
                         mb, size, median(s3_puts), median(shim_puts), median(curl_puts),
                         median(s3_gets), median(shim_gets), median(curl_gets),
+                        median(redirect_gets), median(curl_redirect_gets),
                         idle, put_rss, get_rss,
                     )
                 )  # fmt: skip
@@ -175,25 +207,28 @@ def main() -> None:
 
     print(
         "| file | S3 PUT | shim upload (openai) | ratio | (curl) | ratio | S3 GET "
-        "| shim download (openai) | ratio | (curl) | ratio | shim RSS idle | peak upload "
-        "| peak download |"
+        "| shim download (openai) | ratio | (curl) | ratio | redirected (openai) | ratio "
+        "| (curl -L) | ratio | shim RSS idle | peak upload | peak download |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * 18 + "|")
     for row in rows:
-        mb, size, s3_put, shim_put, curl_put, s3_get, shim_get, curl_get, *rss = row
+        mb, size, s3_put, shim_put, curl_put, s3_get, shim_get, curl_get, *rest = row
+        redirect_get, curl_redirect_get, *rss = rest
         mbps = size / 1e6
         cells = [f"{mb} MB", f"{mbps / s3_put:.0f} MB/s"]
         for took in (shim_put, curl_put):
             cells += [f"{mbps / took:.0f} MB/s", f"**{s3_put / took:.2f}**"]
         cells.append(f"{mbps / s3_get:.0f} MB/s")
-        for took in (shim_get, curl_get):
+        for took in (shim_get, curl_get, redirect_get, curl_redirect_get):
             cells += [f"{mbps / took:.0f} MB/s", f"**{s3_get / took:.2f}**"]
         cells += [f"{value:.1f} MB" for value in rss]
         print("| " + " | ".join(cells) + " |")
     print(
         f"medians of {args.repeat} interleaved transfers; ratio = shim throughput / direct S3 "
         "throughput (target ≥ 0.8); the openai client (httpx) and curl each upload and "
-        "download through the shim; downloads are read and counted, not written to disk; "
+        "download through the shim; 'redirected' downloads get a 307 to a presigned S3 URL "
+        "from a second shim with OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS set (opt-in); "
+        "downloads are read and counted, not written to disk; "
         "RSS target ≤ 100 MB (VmHWM, reset before each transfer)"
     )
 

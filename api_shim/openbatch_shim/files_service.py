@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from openbatch.files import (
     DEFAULT_BATCH_FILE_EXPIRY_SECONDS,
@@ -26,7 +27,7 @@ from openbatch.resource import (
     MAX_EXPIRES_AFTER_SECONDS,
     MIN_EXPIRES_AFTER_SECONDS,
 )
-from openbatch.storage import ObjectNotFound, ObjectStore, StorageError
+from openbatch.storage import ObjectNotFound, ObjectStore, PresigningStore, StorageError
 from openbatch.validation import DEFAULT_MAX_BYTES
 from openbatch.wire import FilePurpose
 from openbatch_shim.errors import BadRequest, PayloadTooLarge, file_not_found, invalid_value
@@ -50,6 +51,11 @@ _BOM = b"\xef\xbb\xbf"
 
 OutputFiles = Callable[[str], Awaitable[list[FileRecord]]]
 _FILE_ID = re.compile(FILE_ID_PATTERN)
+
+
+def attachment(filename: str) -> str:
+    """The Content-Disposition of a download (RFC 6266; any filename survives quoting)."""
+    return f"attachment; filename*=UTF-8''{quote(filename)}"
 
 
 def well_formed(file_id: str) -> bool:
@@ -263,13 +269,38 @@ class FileService:
         return records
 
     async def content(self, tenant: str, file_id: str) -> tuple[FileRecord, AsyncIterator[bytes]]:
+        record, key = await self._downloadable(tenant, file_id)
+        return record, iter_object(self._store, key)
+
+    async def _downloadable(self, tenant: str, file_id: str) -> tuple[FileRecord, str]:
         record = await self.get(tenant, file_id)
         if record.purpose not in DOWNLOADABLE:
             raise BadRequest(f"Not allowed to download files of purpose: {record.purpose.value}")
         key = data_location(self._root, tenant, file_id)
         if await asyncio.to_thread(self._store.stat, key) is None:
             raise file_not_found(file_id)
-        return record, iter_object(self._store, key)
+        return record, key
+
+    async def content_url(
+        self, tenant: str, file_id: str, seconds: int, endpoint: str | None = None
+    ) -> str | None:
+        """A presigned URL of the file's bytes, valid `seconds`, when the store can sign
+        one (S3); None otherwise. The same checks as `content` come first: no URL is ever
+        issued for a file the tenant cannot see or download."""
+        if not isinstance(self._store, PresigningStore):
+            return None
+        record, key = await self._downloadable(tenant, file_id)
+        headers = {
+            "response-content-type": "application/octet-stream",
+            "response-content-disposition": attachment(record.filename),
+        }
+        return await asyncio.to_thread(
+            self._store.presigned_get,
+            key,
+            seconds,
+            response_headers=headers,
+            endpoint=endpoint,
+        )
 
     # ------------------------------------------------------------------ delete, expiry
     async def delete(self, tenant: str, file_id: str) -> None:

@@ -75,6 +75,18 @@ class ShimSettings(BaseSettings):
         default="default",
         description="kubernetes backend: the namespace of the anonymous tenant",
     )
+    download_redirect_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="files on S3: answer a download with a 307 to a presigned URL valid this "
+        "many seconds, so the bytes flow from the store, not through the shim; 0: relay them",
+    )
+    download_redirect_endpoint: str | None = Field(
+        default=None,
+        description="scheme://host[:port] where clients reach the S3 store, when it differs "
+        "from OPENBATCH_S3_ENDPOINT (presigned URLs name this host)",
+    )
     runner_max_in_flight: int | None = Field(
         default=None, ge=1, le=4096, description="maxInFlight given to new batches"
     )

@@ -22,7 +22,14 @@ kubernetes (see the import-linter contracts in pyproject.toml).
 
 from __future__ import annotations
 
-from openbatch.storage.base import MIN_PART_SIZE, PART_SIZE, ObjectInfo, ObjectReader, ObjectStore
+from openbatch.storage.base import (
+    MIN_PART_SIZE,
+    PART_SIZE,
+    ObjectInfo,
+    ObjectReader,
+    ObjectStore,
+    PresigningStore,
+)
 from openbatch.storage.errors import ObjectNotFound, StorageError
 from openbatch.storage.local import LocalStore
 from openbatch.storage.s3 import S3ObjectReader, S3Store
@@ -36,6 +43,7 @@ __all__ = [
     "ObjectNotFound",
     "ObjectReader",
     "ObjectStore",
+    "PresigningStore",
     "S3ObjectReader",
     "S3Store",
     "StorageError",

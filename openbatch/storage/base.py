@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from openbatch.jsonl import Readable
 
@@ -102,4 +102,21 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Delete the object; a missing object is not an error."""
+        ...
+
+
+@runtime_checkable
+class PresigningStore(Protocol):
+    """A store that can hand out a time-limited URL for reading one object (S3)."""
+
+    def presigned_get(
+        self,
+        key: str,
+        seconds: int,
+        *,
+        response_headers: dict[str, str] | None = None,
+        endpoint: str | None = None,
+    ) -> str:
+        """A URL that GETs `key` with no credentials for `seconds`; `endpoint`
+        (`scheme://host[:port]`) replaces the store's own where clients reach it elsewhere."""
         ...

@@ -15,7 +15,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import certifi
 import urllib3
@@ -274,6 +276,47 @@ class S3Store:
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
+
+    def presigned_get(
+        self,
+        key: str,
+        seconds: int,
+        *,
+        response_headers: dict[str, str] | None = None,
+        endpoint: str | None = None,
+    ) -> str:
+        """A SigV4 query-signed GET URL for `key`, valid for `seconds` (1 s to 7 days).
+
+        Signing is local; only a store without a configured region is asked for the
+        bucket's region, once. `response_headers` are S3's `response-content-type` and
+        `response-content-disposition` overrides. With `endpoint`, the URL names that host
+        (where clients reach the store, e.g. an ingress) and is signed for it; its region is
+        `settings.region`, else us-east-1, since the public name may not answer us.
+        """
+        self._require_key(key)
+        if not 1 <= seconds <= 7 * 24 * 3600:
+            raise ValueError(f"presigned URLs last 1 s to 7 days, not {seconds} s")
+        client = self._client if endpoint is None else self._public_client(endpoint)
+        headers: DictType | None = dict(response_headers) if response_headers else None
+        return self._retrying(
+            "presign",
+            key,
+            lambda: client.presigned_get_object(
+                self.bucket, key, expires=timedelta(seconds=seconds), response_headers=headers
+            ),
+        )
+
+    def _public_client(self, endpoint: str) -> Minio:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+            raise ValueError(f"a public S3 endpoint is scheme://host[:port], not {endpoint!r}")
+        return Minio(
+            parts.netloc,
+            access_key=self.settings.access_key,
+            secret_key=self.settings.secret_key,
+            secure=parts.scheme == "https",
+            region=self.settings.region or "us-east-1",
+        )
 
     def open_read(self, key: str, offset: int = 0) -> ObjectReader:
         """Stream the object from `offset`, resuming after broken connections.

@@ -199,6 +199,11 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"securityContext": {"privileged": True}}, "/securityContext/privileged"),
     ({"podSecurityContext": {"runAsNonRoot": False}}, "/podSecurityContext/runAsNonRoot"),
     ({"shim": {"allowedCompletionWindows": ["one day"]}}, "/shim/allowedCompletionWindows/0"),
+    ({"shim": {"downloadRedirect": {"seconds": 604801}}}, "/shim/downloadRedirect/seconds"),
+    (
+        {"shim": {"downloadRedirect": {"endpoint": "s3.example.com"}}},
+        "/shim/downloadRedirect/endpoint",
+    ),
     ({"minio": {"image": {"tag": "latest"}}}, "/minio/image/tag"),
     ({"storage": {"endpoint": "http://minio:9000/bucket"}}, "/storage/endpoint"),
 ]
@@ -492,6 +497,19 @@ def test_shim_deployment_shape(rendered: dict[str, list[Obj]]) -> None:
     assert pdb["spec"]["minAvailable"] == 2
     monitors = {o["metadata"]["name"] for o in find(objects, "ServiceMonitor")}
     assert monitors == {f"{FULLNAME}-shim", f"{FULLNAME}-operator"}
+
+
+def test_download_redirect_is_off_unless_asked_for(rendered: dict[str, list[Obj]]) -> None:
+    (container,) = pod_spec(one(rendered["default"], "Deployment", f"{FULLNAME}-shim"))[
+        "containers"
+    ]
+    assert not [k for k in _plain_env(container) if "DOWNLOAD_REDIRECT" in k]
+    values = {"shim": {"downloadRedirect": {"seconds": 900, "endpoint": "https://s3.example.com"}}}
+    deployment = one(render(values), "Deployment", f"{FULLNAME}-shim")
+    (container,) = pod_spec(deployment)["containers"]
+    env = _plain_env(container)
+    assert env["OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS"] == "900"
+    assert env["OPENBATCH_SHIM_DOWNLOAD_REDIRECT_ENDPOINT"] == "https://s3.example.com"
 
 
 def test_disabling_the_shim_removes_all_of_it(rendered: dict[str, list[Obj]]) -> None:

@@ -1,13 +1,13 @@
 """`/v1/files`: upload, list, retrieve, download, delete (contract §1)."""
 
 from typing import Annotated, Literal
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from openbatch.wire import FileDeleted, FileObject, ListFilesResponse
 from openbatch_shim.app import Services, services_of, tenant_of
+from openbatch_shim.files_service import attachment
 from openbatch_shim.multipart import form_events
 from openbatch_shim.pagination import check_limit, page
 
@@ -82,15 +82,24 @@ async def retrieve_file(file_id: str, services: ServicesDep, tenant: TenantDep) 
 
 
 @router.get("/{file_id}/content", response_class=StreamingResponse)
-async def file_content(file_id: str, services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
+async def file_content(file_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
     # application/octet-stream, as OpenAI really serves it (contract §1.4).
+    settings = services.settings
+    if settings.download_redirect_seconds:
+        # Opt-in (decision 0005): the bytes come from S3 itself; clients that follow
+        # redirects (openai, httpx, curl -L) see the same answer.
+        url = await services.files.content_url(
+            tenant, file_id, settings.download_redirect_seconds, settings.download_redirect_endpoint
+        )
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
     record, chunks = await services.files.content(tenant, file_id)
     return StreamingResponse(
         chunks,
         media_type="application/octet-stream",
         headers={
             "content-length": str(record.bytes),
-            "content-disposition": f"attachment; filename*=UTF-8''{quote(record.filename)}",
+            "content-disposition": attachment(record.filename),
         },
     )
 
