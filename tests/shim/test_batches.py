@@ -75,7 +75,10 @@ def test_a_missing_input_file_gives_a_failed_batch(api: Api) -> None:
     assert "Cannot find file file-doesnotexist" in (error.message or "")
 
 
-def test_cancel_keeps_partial_results(api_factory: ApiFactory) -> None:
+def test_cancel_keeps_partial_results(
+    api_factory: ApiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENBATCH_SHIM_RUNNER_MAX_IN_FLIGHT", "4")  # a short drain, as below
     client = client_for(api_factory(slots=2, service_time=0.2))
     file_id = upload(client, jsonl(chat_line(i) for i in range(200)))
     batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
@@ -119,7 +122,12 @@ def test_cancel_while_queued_is_cancelled_at_once(api_factory: ApiFactory) -> No
     client.batches.cancel(first.id)
 
 
-def test_expiry_keeps_partial_output(api_factory: ApiFactory) -> None:
+def test_expiry_keeps_partial_output(
+    api_factory: ApiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Few requests in flight: after expiry the runner lets them finish (the grace period),
+    # and 64 queued at one 0.3 s slot would take 19 s to drain.
+    monkeypatch.setenv("OPENBATCH_SHIM_RUNNER_MAX_IN_FLIGHT", "4")
     client = client_for(api_factory(slots=1, service_time=0.3, windows=["4s"]))
     with pytest.raises(openai.BadRequestError, match="completion_window"):
         client.batches.create(input_file_id="file-x", endpoint=CHAT, completion_window="5s")  # type: ignore[arg-type]
