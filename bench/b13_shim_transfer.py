@@ -48,6 +48,12 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peak_rss(pid: int) -> None:
     """Start VmHWM again from the current RSS (Linux `clear_refs` 5), to tell phases apart."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -96,7 +102,10 @@ def main() -> None:
                 pid = serve.process.pid
                 s3_puts, s3_gets, shim_puts, shim_gets = [], [], [], []
                 curl_puts, curl_gets, redirect_gets, curl_redirect_gets = [], [], [], []
+                curl_s3_gets: list[float] = []
                 put_rss, get_rss = 0.0, 0.0
+                put_cpu: list[float] = []  # the shim's CPU-seconds per transfer (openai)
+                get_cpu: list[float] = []
                 try:
                     client = openai.OpenAI(base_url=serve.base_url, api_key="b", max_retries=0)
                     idle = peak_rss_mb(pid)
@@ -108,10 +117,12 @@ def main() -> None:
                         s3_puts.append(time.monotonic() - started)
 
                         reset_peak_rss(pid)
+                        cpu = cpu_seconds(pid)
                         started = time.monotonic()
                         with path.open("rb") as f:
                             uploaded = client.files.create(file=f, purpose="batch")
                         shim_puts.append(time.monotonic() - started)
+                        put_cpu.append(cpu_seconds(pid) - cpu)
                         put_rss = max(put_rss, peak_rss_mb(pid))
                         assert uploaded.bytes == size, uploaded
 
@@ -143,11 +154,30 @@ def main() -> None:
                         s3_gets.append(time.monotonic() - started)
                         assert got == size
 
+                        # The same direct GET by curl (SigV4), the baseline of curl's own
+                        # downloads through the shim: the same client on both sides.
+                        started = time.monotonic()
+                        fetched = subprocess.run(
+                            [
+                                *["curl", "-sS", "--fail", "-o", os.devnull],
+                                *["-w", "%{size_download}", "--aws-sigv4", "aws:amz:us-east-1:s3"],
+                                *["--user", f"{seaweed.access_key}:{seaweed.secret_key}"],
+                                f"{seaweed.endpoint}/{bucket}/direct/{mb}.jsonl",
+                            ],
+                            capture_output=True,
+                            text=True,
+                            check=True,
+                        )
+                        curl_s3_gets.append(time.monotonic() - started)
+                        assert int(fetched.stdout) == size
+
                         reset_peak_rss(pid)
+                        cpu = cpu_seconds(pid)
                         started = time.monotonic()
                         with client.files.with_streaming_response.content(uploaded.id) as response:
                             got = sum(len(c) for c in response.iter_bytes(1 << 20))
                         shim_gets.append(time.monotonic() - started)
+                        get_cpu.append(cpu_seconds(pid) - cpu)
                         get_rss = max(get_rss, peak_rss_mb(pid))
                         assert got == size
 
@@ -197,39 +227,55 @@ def main() -> None:
                     (
                         mb, size, median(s3_puts), median(shim_puts), median(curl_puts),
                         median(s3_gets), median(shim_gets), median(curl_gets),
-                        median(redirect_gets), median(curl_redirect_gets),
-                        idle, put_rss, get_rss,
+                        median(redirect_gets), median(curl_redirect_gets), median(curl_s3_gets),
+                        median(put_cpu), median(get_cpu), idle, put_rss, get_rss,
                     )
                 )  # fmt: skip
                 print(f"  {mb} MB done", flush=True)
         finally:
             seaweed.stop()
 
+    def cell(size: int, took: float, baseline: float) -> list[str]:
+        return [f"{size / 1e6 / took:.0f} MB/s", f"**{baseline / took:.2f}**"]
+
+    print("Uploads (ratio: shim / direct PUT by minio, 3 parts at once)")
     print(
-        "| file | S3 PUT | shim upload (openai) | ratio | (curl) | ratio | S3 GET "
-        "| shim download (openai) | ratio | (curl) | ratio | redirected (openai) | ratio "
-        "| (curl -L) | ratio | shim RSS idle | peak upload | peak download |"
+        "| file | direct PUT | shim (openai) | ratio | shim (curl) | ratio "
+        "| shim CPU per transfer | shim MB per CPU-second | peak RSS |"
     )
-    print("|---" * 18 + "|")
+    print("|---" * 9 + "|")
     for row in rows:
-        mb, size, s3_put, shim_put, curl_put, s3_get, shim_get, curl_get, *rest = row
-        redirect_get, curl_redirect_get, *rss = rest
-        mbps = size / 1e6
-        cells = [f"{mb} MB", f"{mbps / s3_put:.0f} MB/s"]
-        for took in (shim_put, curl_put):
-            cells += [f"{mbps / took:.0f} MB/s", f"**{s3_put / took:.2f}**"]
-        cells.append(f"{mbps / s3_get:.0f} MB/s")
-        for took in (shim_get, curl_get, redirect_get, curl_redirect_get):
-            cells += [f"{mbps / took:.0f} MB/s", f"**{s3_get / took:.2f}**"]
-        cells += [f"{value:.1f} MB" for value in rss]
+        mb, size, s3_put, shim_put, curl_put, *_, put_cpu_s, _, _, put_rss, _ = row
+        cells = [f"{mb} MB", f"{size / 1e6 / s3_put:.0f} MB/s"]
+        cells += cell(size, shim_put, s3_put) + cell(size, curl_put, s3_put)
+        cells += [f"{put_cpu_s:.2f} s", f"{size / 1e6 / put_cpu_s:.0f}", f"{put_rss:.1f} MB"]
         print("| " + " | ".join(cells) + " |")
+    print()
     print(
-        f"medians of {args.repeat} interleaved transfers; ratio = shim throughput / direct S3 "
-        "throughput (target ≥ 0.8); the openai client (httpx) and curl each upload and "
-        "download through the shim; 'redirected' downloads get a 307 to a presigned S3 URL "
-        "from a second shim with OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS set (opt-in); "
-        "downloads are read and counted, not written to disk; "
-        "RSS target ≤ 100 MB (VmHWM, reset before each transfer)"
+        "Downloads (ratio: the Python clients against minio's direct GET, curl against "
+        "curl's direct GET)"
+    )
+    print(
+        "| file | direct GET (minio) | shim (openai) | ratio | redirected (openai) | ratio "
+        "| direct GET (curl) | shim (curl) | ratio | redirected (curl -L) | ratio "
+        "| shim CPU per relay | peak RSS |"
+    )
+    print("|---" * 13 + "|")
+    for row in rows:
+        mb, size, _, _, _, s3_get, shim_get, curl_get, redirect_get, curl_redirect, *rest = row
+        curl_s3_get, _, get_cpu_s, _, _, get_rss = rest
+        cells = [f"{mb} MB", f"{size / 1e6 / s3_get:.0f} MB/s"]
+        cells += cell(size, shim_get, s3_get) + cell(size, redirect_get, s3_get)
+        cells.append(f"{size / 1e6 / curl_s3_get:.0f} MB/s")
+        cells += cell(size, curl_get, curl_s3_get) + cell(size, curl_redirect, curl_s3_get)
+        print("| " + " | ".join([*cells, f"{get_cpu_s:.2f} s", f"{get_rss:.1f} MB"]) + " |")
+    print(
+        f"medians of {args.repeat} interleaved transfers per cell; target ratio ≥ 0.8; "
+        "'redirected': a 307 to a presigned S3 URL from a second shim with "
+        "OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS set (opt-in); downloads are read and "
+        "counted, not written to disk; shim CPU: user + system seconds of the relaying "
+        "shim during the openai client's transfer; RSS: its VmHWM, reset before each "
+        f"transfer (target ≤ 100 MB; idle {rows[0][-3]:.1f} MB)"
     )
 
 

@@ -12,9 +12,8 @@ import random
 import re
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -428,14 +427,20 @@ class S3Store:
             raise
 
     def _upload_parts(self, key: str, upload_id: str, first: bytes, source: _Source) -> list[Part]:
-        """Send `first` and the rest of `source` as parts, `PARALLEL_PARTS` at a time; the
-        first failed part raises as soon as it is waited for."""
-        parts: list[Part] = []
-        sending: deque[tuple[int, Future[str]]] = deque()
+        """Send `first` and the rest of `source` as parts, `PARALLEL_PARTS` at a time; a
+        failed part raises as soon as it finishes.
 
-        def settle_oldest() -> None:
-            number, etag = sending.popleft()
-            parts.append(Part(number, etag.result()))
+        The next part is sent when *any* part in flight is done, not the oldest: the store's
+        answer times vary part to part, and waiting in order would idle a slot behind a
+        slow part.
+        """
+        parts: list[Part] = []
+        sending: dict[Future[str], int] = {}
+
+        def settle() -> None:
+            done, _ = wait(sending, return_when=FIRST_COMPLETED)
+            for upload in done:
+                parts.append(Part(sending.pop(upload), upload.result()))
 
         with ThreadPoolExecutor(self.PARALLEL_PARTS, thread_name_prefix="s3-part") as pool:
             try:
@@ -448,7 +453,7 @@ class S3Store:
                             transient=False,
                         )
                     if len(sending) >= self.PARALLEL_PARTS:
-                        settle_oldest()
+                        settle()
                     upload = pool.submit(
                         self._client._upload_part,
                         self.bucket,
@@ -458,14 +463,15 @@ class S3Store:
                         upload_id,
                         number,
                     )
-                    sending.append((number, upload))
+                    sending[upload] = number
                     number += 1
                     data = source.read(self.part_size)
                 while sending:
-                    settle_oldest()
+                    settle()
             finally:
-                for _, upload in sending:
+                for upload in sending:
                     upload.cancel()
+        parts.sort(key=lambda part: part.part_number)
         return parts
 
     def check_writable(self, key: str) -> None:
