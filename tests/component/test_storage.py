@@ -19,6 +19,7 @@ import pytest
 
 from openbatch.settings import S3Settings
 from openbatch.storage import (
+    MIN_PART_SIZE,
     PART_SIZE,
     LocalStore,
     ObjectNotFound,
@@ -729,3 +730,29 @@ def test_put_stream_refuses_more_parts_than_s3_allows(
     assert store.stat("too/big") is None
     pending = store._client._list_multipart_uploads(s3_bucket, prefix="too/")
     assert pending.uploads == []  # aborted, not left holding two parts
+
+
+def test_put_stream_sends_the_next_part_when_any_part_is_done(
+    s3_bucket: str, s3_settings: S3Settings
+) -> None:
+    # Part 1 is held until part 4 has started: with two parts in flight, that happens only
+    # if parts 3 and 4 do not wait behind part 1 (in-order waiting would hold it for the
+    # whole timeout). The object still assembles in order.
+    store = S3Store(s3_bucket, s3_settings, part_size=MIN_PART_SIZE)
+    real = store._client._upload_part
+    fourth_started = threading.Event()
+    waited_for_the_fourth: list[bool] = []
+
+    def upload_part(*args: object) -> str:
+        number = int(args[-1])  # type: ignore[call-overload]
+        if number == 4:
+            fourth_started.set()
+        if number == 1:
+            waited_for_the_fourth.append(fourth_started.wait(timeout=20))
+        return real(*args)  # type: ignore[arg-type]
+
+    store._client._upload_part = upload_part  # type: ignore[method-assign,assignment]
+    data = random.Random(7).randbytes(4 * MIN_PART_SIZE + 123)
+    assert store.put_stream("out/of-order", io.BytesIO(data)) == len(data)
+    assert waited_for_the_fourth == [True]
+    assert store.read_bytes("out/of-order") == data
