@@ -16,9 +16,14 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from tests.fixtures.s3 import SeaweedServer
 
 
 def write_jsonl_of_size(path: Path, size: int) -> int:
@@ -64,6 +69,17 @@ def median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
+def curl_get(url: str, *extra: str) -> int:
+    """GET `url` with curl to /dev/null; the bytes it received."""
+    fetched = subprocess.run(
+        ["curl", "-sS", "--fail", "-o", os.devnull, "-w", "%{size_download}", *extra, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(fetched.stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="100,200", help="file sizes in MB (10^6 bytes)")
@@ -72,12 +88,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    import openai
-
     from tests.fixtures.s3 import SeaweedServer, unique_bucket_name
-    from tests.fixtures.shim import start_serve
 
-    rows = []
+    rows: list[tuple[int, int, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         seaweed = SeaweedServer(tmp / "seaweed")
@@ -85,158 +98,138 @@ def main() -> None:
         try:
             os.environ.update(seaweed.env())
             bucket = seaweed.make_bucket(unique_bucket_name("b9"))
-            minio = seaweed.client()
             for mb in (int(s) for s in args.sizes.split(",")):
-                path = tmp / f"in-{mb}.jsonl"
-                size = write_jsonl_of_size(path, mb * 1_000_000)
-
-                os.environ["OPENBATCH_SHIM_STORAGE_ROOT"] = f"s3://{bucket}/shim-{mb}"
-                serve = start_serve(tmp / f"serve-{mb}", models={"bench": "http://127.0.0.1:9/v1"})
-                # A second shim over the same storage root (so it sees the same files) with
-                # the opt-in download redirect (decision 0005).
-                os.environ["OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS"] = "600"
-                redirecting = start_serve(
-                    tmp / f"serve-redirect-{mb}", models={"bench": "http://127.0.0.1:9/v1"}
-                )
-                del os.environ["OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS"]
-                pid = serve.process.pid
-                s3_puts, s3_gets, shim_puts, shim_gets = [], [], [], []
-                curl_puts, curl_gets, redirect_gets, curl_redirect_gets = [], [], [], []
-                curl_s3_gets: list[float] = []
-                put_rss, get_rss = 0.0, 0.0
-                put_cpu: list[float] = []  # the shim's CPU-seconds per transfer (openai)
-                get_cpu: list[float] = []
-                try:
-                    client = openai.OpenAI(base_url=serve.base_url, api_key="b", max_retries=0)
-                    idle = peak_rss_mb(pid)
-                    # Direct and shim transfers interleave, so a slow spell of the machine or
-                    # of SeaweedFS hits both sides alike; each side's median is reported.
-                    for _ in range(args.repeat):
-                        started = time.monotonic()
-                        minio.fput_object(bucket, f"direct/{mb}.jsonl", str(path))
-                        s3_puts.append(time.monotonic() - started)
-
-                        reset_peak_rss(pid)
-                        cpu = cpu_seconds(pid)
-                        started = time.monotonic()
-                        with path.open("rb") as f:
-                            uploaded = client.files.create(file=f, purpose="batch")
-                        shim_puts.append(time.monotonic() - started)
-                        put_cpu.append(cpu_seconds(pid) - cpu)
-                        put_rss = max(put_rss, peak_rss_mb(pid))
-                        assert uploaded.bytes == size, uploaded
-
-                        # The same upload by curl (C): the shim's own ceiling, without the
-                        # Python client's.
-                        started = time.monotonic()
-                        posted = subprocess.run(
-                            [
-                                *["curl", "-sS", "-H", "Authorization: Bearer b"],
-                                *["-F", "purpose=batch", "-F", f"file=@{path}"],
-                                f"{serve.base_url}/files",
-                            ],
-                            capture_output=True,
-                            check=True,
-                        )
-                        curl_puts.append(time.monotonic() - started)
-                        curled = orjson.loads(posted.stdout)
-                        assert curled["bytes"] == size, curled
-                        client.files.delete(curled["id"])
-
-                        # Both downloads are read to the end and counted, not written to a
-                        # file: on this machine's disk, overwriting a 200 MB file costs more
-                        # than the transfer (and minio's fget writes a fresh file, unfairly).
-                        started = time.monotonic()
-                        direct = minio.get_object(bucket, f"direct/{mb}.jsonl")
-                        got = sum(len(c) for c in direct.stream(1 << 20))
-                        direct.close()
-                        direct.release_conn()
-                        s3_gets.append(time.monotonic() - started)
-                        assert got == size
-
-                        # The same direct GET by curl (SigV4), the baseline of curl's own
-                        # downloads through the shim: the same client on both sides.
-                        started = time.monotonic()
-                        fetched = subprocess.run(
-                            [
-                                *["curl", "-sS", "--fail", "-o", os.devnull],
-                                *["-w", "%{size_download}", "--aws-sigv4", "aws:amz:us-east-1:s3"],
-                                *["--user", f"{seaweed.access_key}:{seaweed.secret_key}"],
-                                f"{seaweed.endpoint}/{bucket}/direct/{mb}.jsonl",
-                            ],
-                            capture_output=True,
-                            text=True,
-                            check=True,
-                        )
-                        curl_s3_gets.append(time.monotonic() - started)
-                        assert int(fetched.stdout) == size
-
-                        reset_peak_rss(pid)
-                        cpu = cpu_seconds(pid)
-                        started = time.monotonic()
-                        with client.files.with_streaming_response.content(uploaded.id) as response:
-                            got = sum(len(c) for c in response.iter_bytes(1 << 20))
-                        shim_gets.append(time.monotonic() - started)
-                        get_cpu.append(cpu_seconds(pid) - cpu)
-                        get_rss = max(get_rss, peak_rss_mb(pid))
-                        assert got == size
-
-                        # The same download by curl (C, to /dev/null): the shim's own ceiling,
-                        # without the Python client's (httpx/h11 reads 64 KiB at a time).
-                        started = time.monotonic()
-                        fetched = subprocess.run(
-                            [
-                                *["curl", "-sS", "-o", os.devnull, "-w", "%{size_download}"],
-                                *["-H", "Authorization: Bearer b"],
-                                f"{serve.base_url}/files/{uploaded.id}/content",
-                            ],
-                            capture_output=True,
-                            text=True,
-                            check=True,
-                        )
-                        curl_gets.append(time.monotonic() - started)
-                        assert int(fetched.stdout) == size
-
-                        # Redirected downloads: a 307 from the shim, the bytes from S3.
-                        other = openai.OpenAI(
-                            base_url=redirecting.base_url, api_key="b", max_retries=0
-                        )
-                        started = time.monotonic()
-                        with other.files.with_streaming_response.content(uploaded.id) as response:
-                            got = sum(len(c) for c in response.iter_bytes(1 << 20))
-                        redirect_gets.append(time.monotonic() - started)
-                        assert got == size
-                        started = time.monotonic()
-                        fetched = subprocess.run(
-                            [
-                                *["curl", "-sS", "-L", "-o", os.devnull, "-w", "%{size_download}"],
-                                *["-H", "Authorization: Bearer b"],
-                                f"{redirecting.base_url}/files/{uploaded.id}/content",
-                            ],
-                            capture_output=True,
-                            text=True,
-                            check=True,
-                        )
-                        curl_redirect_gets.append(time.monotonic() - started)
-                        assert int(fetched.stdout) == size
-                        client.files.delete(uploaded.id)
-                finally:
-                    serve.stop()
-                    redirecting.stop()
-                rows.append(
-                    (
-                        mb, size, median(s3_puts), median(shim_puts), median(curl_puts),
-                        median(s3_gets), median(shim_gets), median(curl_gets),
-                        median(redirect_gets), median(curl_redirect_gets), median(curl_s3_gets),
-                        median(put_cpu), median(get_cpu), idle, put_rss, get_rss,
-                    )
-                )  # fmt: skip
+                rows.append(measure(tmp, seaweed, bucket, mb, args.repeat))
                 print(f"  {mb} MB done", flush=True)
         finally:
             seaweed.stop()
+    print_tables(rows, args.repeat)
 
-    def cell(size: int, took: float, baseline: float) -> list[str]:
-        return [f"{size / 1e6 / took:.0f} MB/s", f"**{baseline / took:.2f}**"]
+
+def measure(
+    tmp: Path, seaweed: SeaweedServer, bucket: str, mb: int, repeat: int
+) -> tuple[int, int, dict[str, float]]:
+    """Medians of every transfer of one file size, the shim's CPU and peak RSS."""
+    import httpx
+    import openai
+
+    from tests.fixtures.shim import start_serve
+
+    path = tmp / f"in-{mb}.jsonl"
+    size = write_jsonl_of_size(path, mb * 1_000_000)
+    minio = seaweed.client()
+    direct_key = f"direct/{mb}.jsonl"
+    direct_url = f"{seaweed.endpoint}/{bucket}/{direct_key}"
+    sigv4 = ["--aws-sigv4", "aws:amz:us-east-1:s3"]
+    sigv4 += ["--user", f"{seaweed.access_key}:{seaweed.secret_key}"]
+    bearer = ["-H", "Authorization: Bearer b"]
+    models = {"bench": "http://127.0.0.1:9/v1"}
+
+    os.environ["OPENBATCH_SHIM_STORAGE_ROOT"] = f"s3://{bucket}/shim-{mb}"
+    serve = start_serve(tmp / f"serve-{mb}", models=models)
+    # A second shim over the same storage root (so it sees the same files) with the opt-in
+    # download redirect (decision 0005).
+    os.environ["OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS"] = "600"
+    redirecting = start_serve(tmp / f"serve-redirect-{mb}", models=models)
+    del os.environ["OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS"]
+    pid = serve.process.pid
+    took: dict[str, list[float]] = {}
+    peaks = {"put_rss": 0.0, "get_rss": 0.0}
+
+    def timed(name: str, transfer: Callable[[], int], rss: str | None = None) -> None:
+        """Time one transfer (and the shim's CPU and peak RSS during it, when `rss`)."""
+        if rss is not None:
+            reset_peak_rss(pid)
+        cpu = cpu_seconds(pid)
+        started = time.monotonic()
+        got = transfer()
+        took.setdefault(name, []).append(time.monotonic() - started)
+        took.setdefault(name + " cpu", []).append(cpu_seconds(pid) - cpu)
+        if rss is not None:
+            peaks[rss] = max(peaks[rss], peak_rss_mb(pid))
+        assert got == size, (name, got, size)
+
+    client = openai.OpenAI(base_url=serve.base_url, api_key="b", max_retries=0)
+    redirected = openai.OpenAI(base_url=redirecting.base_url, api_key="b", max_retries=0)
+    http = httpx.Client()
+    uploaded: list[str] = []
+
+    def put_minio() -> int:
+        minio.fput_object(bucket, direct_key, str(path))
+        return size
+
+    def put_openai() -> int:
+        with path.open("rb") as f:
+            file = client.files.create(file=f, purpose="batch")
+        uploaded.append(file.id)
+        return file.bytes
+
+    def put_curl() -> int:
+        posted = subprocess.run(
+            [
+                *["curl", "-sS", *bearer, "-F", "purpose=batch", "-F", f"file=@{path}"],
+                f"{serve.base_url}/files",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        curled = orjson.loads(posted.stdout)
+        client.files.delete(curled["id"])
+        return int(curled["bytes"])
+
+    def get_minio() -> int:
+        response = minio.get_object(bucket, direct_key)
+        try:
+            return sum(len(c) for c in response.stream(1 << 20))
+        finally:
+            response.close()
+            response.release_conn()
+
+    def get_httpx() -> int:
+        with http.stream("GET", minio.presigned_get_object(bucket, direct_key)) as response:
+            return sum(len(c) for c in response.iter_bytes(1 << 20))
+
+    def get_openai(through: openai.OpenAI) -> int:
+        with through.files.with_streaming_response.content(uploaded[-1]) as response:
+            return sum(len(c) for c in response.iter_bytes(1 << 20))
+
+    def get_curl(base_url: str, *extra: str) -> int:
+        return curl_get(f"{base_url}/files/{uploaded[-1]}/content", *bearer, *extra)
+
+    idle = peak_rss_mb(pid)
+    try:
+        # Direct and shim transfers interleave, so a slow spell of the machine or of
+        # SeaweedFS hits both sides alike; each side's median is reported. Downloads are
+        # read to the end and counted, not written to a file (overwriting a 200 MB file on
+        # this machine's disk cost more than the transfer). Each client's downloads are
+        # compared with a direct GET by the same kind of client.
+        for _ in range(repeat):
+            timed("put minio", put_minio)
+            timed("put openai", put_openai, rss="put_rss")
+            timed("put curl", put_curl)
+            timed("get minio", get_minio)
+            timed("get httpx", get_httpx)
+            timed("get curl", lambda: curl_get(direct_url, *sigv4))
+            timed("relay openai", lambda: get_openai(client), rss="get_rss")
+            timed("relay curl", lambda: get_curl(serve.base_url))
+            timed("redirect openai", lambda: get_openai(redirected))
+            timed("redirect curl", lambda: get_curl(redirecting.base_url, "-L"))
+            client.files.delete(uploaded[-1])
+    finally:
+        http.close()
+        serve.stop()
+        redirecting.stop()
+    medians = {name: median(values) for name, values in took.items()}
+    medians.update(idle=idle, **peaks)
+    return mb, size, medians
+
+
+def print_tables(rows: list[tuple[int, int, dict[str, float]]], repeat: int) -> None:
+    def rate(size: int, took: float) -> str:
+        return f"{size / 1e6 / took:.0f} MB/s"
+
+    def pair(size: int, took: float, baseline: float) -> list[str]:
+        return [rate(size, took), f"**{baseline / took:.2f}**"]
 
     print("Uploads (ratio: shim / direct PUT by minio, 3 parts at once)")
     print(
@@ -244,38 +237,38 @@ def main() -> None:
         "| shim CPU per transfer | shim MB per CPU-second | peak RSS |"
     )
     print("|---" * 9 + "|")
-    for row in rows:
-        mb, size, s3_put, shim_put, curl_put, *_, put_cpu_s, _, _, put_rss, _ = row
-        cells = [f"{mb} MB", f"{size / 1e6 / s3_put:.0f} MB/s"]
-        cells += cell(size, shim_put, s3_put) + cell(size, curl_put, s3_put)
-        cells += [f"{put_cpu_s:.2f} s", f"{size / 1e6 / put_cpu_s:.0f}", f"{put_rss:.1f} MB"]
-        print("| " + " | ".join(cells) + " |")
+    for mb, size, m in rows:
+        cells = [f"{mb} MB", rate(size, m["put minio"])]
+        cells += pair(size, m["put openai"], m["put minio"])
+        cells += pair(size, m["put curl"], m["put minio"])
+        cells += [f"{m['put openai cpu']:.2f} s", f"{size / 1e6 / m['put openai cpu']:.0f}"]
+        print("| " + " | ".join([*cells, f"{m['put_rss']:.1f} MB"]) + " |")
     print()
     print(
-        "Downloads (ratio: the Python clients against minio's direct GET, curl against "
-        "curl's direct GET)"
+        "Downloads (ratio: through the shim / a direct GET by the same kind of client: the "
+        "openai client (httpx) against httpx reading a presigned URL, curl against curl "
+        "with SigV4)"
     )
     print(
-        "| file | direct GET (minio) | shim (openai) | ratio | redirected (openai) | ratio "
-        "| direct GET (curl) | shim (curl) | ratio | redirected (curl -L) | ratio "
-        "| shim CPU per relay | peak RSS |"
+        "| file | direct: minio | httpx | curl | relayed: openai | ratio | curl | ratio "
+        "| redirected: openai | ratio | curl -L | ratio | shim CPU per relay | peak RSS |"
     )
-    print("|---" * 13 + "|")
-    for row in rows:
-        mb, size, _, _, _, s3_get, shim_get, curl_get, redirect_get, curl_redirect, *rest = row
-        curl_s3_get, _, get_cpu_s, _, _, get_rss = rest
-        cells = [f"{mb} MB", f"{size / 1e6 / s3_get:.0f} MB/s"]
-        cells += cell(size, shim_get, s3_get) + cell(size, redirect_get, s3_get)
-        cells.append(f"{size / 1e6 / curl_s3_get:.0f} MB/s")
-        cells += cell(size, curl_get, curl_s3_get) + cell(size, curl_redirect, curl_s3_get)
-        print("| " + " | ".join([*cells, f"{get_cpu_s:.2f} s", f"{get_rss:.1f} MB"]) + " |")
+    print("|---" * 14 + "|")
+    for mb, size, m in rows:
+        cells = [f"{mb} MB", rate(size, m["get minio"])]
+        cells += [rate(size, m["get httpx"]), rate(size, m["get curl"])]
+        cells += pair(size, m["relay openai"], m["get httpx"])
+        cells += pair(size, m["relay curl"], m["get curl"])
+        cells += pair(size, m["redirect openai"], m["get httpx"])
+        cells += pair(size, m["redirect curl"], m["get curl"])
+        cells += [f"{m['relay openai cpu']:.2f} s", f"{m['get_rss']:.1f} MB"]
+        print("| " + " | ".join(cells) + " |")
     print(
-        f"medians of {args.repeat} interleaved transfers per cell; target ratio ≥ 0.8; "
+        f"medians of {repeat} interleaved transfers per cell; target ratio ≥ 0.8; "
         "'redirected': a 307 to a presigned S3 URL from a second shim with "
-        "OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS set (opt-in); downloads are read and "
-        "counted, not written to disk; shim CPU: user + system seconds of the relaying "
-        "shim during the openai client's transfer; RSS: its VmHWM, reset before each "
-        f"transfer (target ≤ 100 MB; idle {rows[0][-3]:.1f} MB)"
+        "OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS set (opt-in); shim CPU: user + system "
+        "seconds of the relaying shim during the openai client's transfer; RSS: its VmHWM, "
+        f"reset before each transfer (target ≤ 100 MB; idle {rows[0][2]['idle']:.1f} MB)"
     )
 
 

@@ -3,12 +3,12 @@
 glibc's malloc serves big buffers with mmap and returns them on free, but after the first
 such free it raises its mmap threshold to that size (up to 32 MiB), so later multi-MiB
 buffers (upload parts) come from the heap and from one arena per worker thread, and stay
-resident after the transfer. Pinning the threshold at 2 MiB keeps every upload part (5 MiB)
-in its own mapping, so the shim's memory returns to idle after each transfer instead of
-creeping up, while the many socket-sized and 1 MiB chunks of a transfer reuse heap memory.
-(Pinned at 128 KiB, glibc's initial value, every chunk was a fresh mapping: page faults and
-unmaps cost the shim about 0.6 CPU-seconds per 200 MB upload; measured in
-bench/b13_shim_transfer.py.)
+resident after the transfer. Pinning the threshold at 1 MiB keeps every upload part (5 MiB)
+and download chunk (1 MiB) in its own mapping, so the shim's memory returns to idle after
+each transfer instead of creeping up, while the many socket-sized pieces of a request body
+(up to 256 KiB, copied several times on their way) reuse heap memory. (Pinned at 128 KiB,
+glibc's initial value, every piece was a fresh mapping: page faults and unmaps cost the
+shim about 0.7 CPU-seconds per 200 MB upload; measured in bench/b13_shim_transfer.py.)
 """
 
 import ctypes
@@ -17,7 +17,7 @@ import logging
 import sys
 
 _M_MMAP_THRESHOLD = -3  # <malloc.h>
-_THRESHOLD = 2 * 1024 * 1024  # above every chunk, below every upload part
+_THRESHOLD = 1024 * 1024  # above a body's socket-sized pieces, at the 1 MiB chunks
 
 log = logging.getLogger(__name__)
 
