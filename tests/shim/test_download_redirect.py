@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,16 +27,25 @@ BYTES = b"".join(
 )
 
 
-def _serve(
+StartServe = Callable[[dict[str, str]], ServeHandle]
+
+
+@pytest.fixture
+def start(
     serve_factory: ServeFactory,
     model_sim: SimHandle,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    env: dict[str, str],
-) -> ServeHandle:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return serve_factory(tmp_path / "data", models={"sim-model": model_sim.base_url}, api_keys=KEYS)
+) -> StartServe:
+    """`openbatch serve` with two tenants and `env` set."""
+
+    def serve(env: dict[str, str]) -> ServeHandle:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        models = {"sim-model": model_sim.base_url}
+        return serve_factory(tmp_path / "data", models=models, api_keys=KEYS)
+
+    return serve
 
 
 def _s3_env(seaweed: SeaweedServer, bucket: str, seconds: int) -> dict[str, str]:
@@ -60,16 +70,9 @@ def _get(serve: ServeHandle, file_id: str, key: str = KEY_A) -> httpx.Response:
 
 
 def test_a_download_is_redirected_to_the_store_and_every_client_follows(
-    serve_factory: ServeFactory,
-    model_sim: SimHandle,
-    seaweed: SeaweedServer,
-    s3_bucket: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    start: StartServe, seaweed: SeaweedServer, s3_bucket: str
 ) -> None:
-    serve = _serve(
-        serve_factory, model_sim, tmp_path, monkeypatch, _s3_env(seaweed, s3_bucket, 120)
-    )
+    serve = start(_s3_env(seaweed, s3_bucket, 120))
     file_id = _upload(serve)
 
     answer = _get(serve, file_id)
@@ -116,16 +119,9 @@ def test_a_download_is_redirected_to_the_store_and_every_client_follows(
 
 
 def test_no_url_is_issued_for_what_the_tenant_may_not_download(
-    serve_factory: ServeFactory,
-    model_sim: SimHandle,
-    seaweed: SeaweedServer,
-    s3_bucket: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    start: StartServe, seaweed: SeaweedServer, s3_bucket: str
 ) -> None:
-    serve = _serve(
-        serve_factory, model_sim, tmp_path, monkeypatch, _s3_env(seaweed, s3_bucket, 120)
-    )
+    serve = start(_s3_env(seaweed, s3_bucket, 120))
     file_id = _upload(serve)
     other = _get(serve, file_id, key=KEY_B)
     assert other.status_code == 404, other.text
@@ -139,18 +135,13 @@ def test_no_url_is_issued_for_what_the_tenant_may_not_download(
 
 
 def test_a_presigned_url_expires_and_may_name_a_public_endpoint(
-    serve_factory: ServeFactory,
-    model_sim: SimHandle,
-    seaweed: SeaweedServer,
-    s3_bucket: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    start: StartServe, seaweed: SeaweedServer, s3_bucket: str
 ) -> None:
     # Clients reach the store by another name than the shim does: "localhost" stands in
     # for an ingress; the URL is signed for that name and works there.
     public = seaweed.endpoint.replace("127.0.0.1", "localhost")
     env = {**_s3_env(seaweed, s3_bucket, 1), "OPENBATCH_SHIM_DOWNLOAD_REDIRECT_ENDPOINT": public}
-    serve = _serve(serve_factory, model_sim, tmp_path, monkeypatch, env)
+    serve = start(env)
     file_id = _upload(serve)
     location = _get(serve, file_id).headers["location"]
     assert location.startswith(public + "/"), location
@@ -160,14 +151,9 @@ def test_a_presigned_url_expires_and_may_name_a_public_endpoint(
     assert expired.status_code == 403, expired.text  # S3's AccessDenied: the link has expired
 
 
-def test_files_on_local_disk_are_relayed_even_with_the_setting(
-    serve_factory: ServeFactory,
-    model_sim: SimHandle,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_files_on_local_disk_are_relayed_even_with_the_setting(start: StartServe) -> None:
     env = {"OPENBATCH_SHIM_DOWNLOAD_REDIRECT_SECONDS": "120"}
-    serve = _serve(serve_factory, model_sim, tmp_path, monkeypatch, env)
+    serve = start(env)
     file_id = _upload(serve)
     answer = _get(serve, file_id)
     assert answer.status_code == 200
