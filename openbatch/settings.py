@@ -10,6 +10,22 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def check_s3_endpoint(value: str) -> str:
+    """`scheme://host[:port]` of an S3 store, without its trailing slash; ValueError else."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"S3 endpoint {value!r} must look like http://host:port or https://host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"S3 endpoint {value!r} must not contain a path or query")
+    if parts.username or parts.password:
+        raise ValueError(
+            f"S3 endpoint {value!r} must not embed credentials; "
+            "use OPENBATCH_S3_ACCESS_KEY / OPENBATCH_S3_SECRET_KEY"
+        )
+    return value.rstrip("/")
+
+
 class S3Settings(BaseSettings):
     """How to reach the S3-compatible object store.
 
@@ -83,20 +99,7 @@ class S3Settings(BaseSettings):
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
-        value = value.strip()
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"S3 endpoint {value!r} must look like http://host:port or https://host"
-            )
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"S3 endpoint {value!r} must not contain a path or query")
-        if parts.username or parts.password:
-            raise ValueError(
-                f"S3 endpoint {value!r} must not embed credentials; "
-                "use OPENBATCH_S3_ACCESS_KEY / OPENBATCH_S3_SECRET_KEY"
-            )
-        return value.rstrip("/")
+        return check_s3_endpoint(value)
 
     @property
     def secure(self) -> bool:

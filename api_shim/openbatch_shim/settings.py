@@ -10,6 +10,8 @@ import orjson
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from openbatch.settings import check_s3_endpoint
+
 ANONYMOUS_TENANT = "default"
 # What /v1/models lists when every model goes to one server (any_model_url).
 ANY_MODEL_NAME = "openbatch-sim"
@@ -90,6 +92,11 @@ class ShimSettings(BaseSettings):
     runner_max_in_flight: int | None = Field(
         default=None, ge=1, le=4096, description="maxInFlight given to new batches"
     )
+
+    @field_validator("download_redirect_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_s3_endpoint(value)
 
     @field_validator("allowed_completion_windows", mode="before")
     @classmethod

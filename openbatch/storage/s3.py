@@ -27,7 +27,7 @@ from minio.helpers import DictType
 from urllib3.response import BaseHTTPResponse
 
 from openbatch.jsonl import Readable
-from openbatch.settings import S3Settings
+from openbatch.settings import S3Settings, check_s3_endpoint
 from openbatch.storage.base import _CHUNK, MIN_PART_SIZE, PART_SIZE, ObjectInfo, ObjectReader
 from openbatch.storage.errors import ObjectNotFound, StorageError
 from openbatch.storage.source import _rewind, _Source
@@ -161,6 +161,7 @@ class S3Store:
         )
         # Set once the bucket is known to exist; see _missing_key.
         self._bucket_checked = False
+        self._public_clients: dict[str, Minio] = {}  # presigning under other host names
 
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r}, endpoint={self.settings.endpoint!r})"
@@ -306,16 +307,20 @@ class S3Store:
         )
 
     def _public_client(self, endpoint: str) -> Minio:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
-            raise ValueError(f"a public S3 endpoint is scheme://host[:port], not {endpoint!r}")
-        return Minio(
-            parts.netloc,
-            access_key=self.settings.access_key,
-            secret_key=self.settings.secret_key,
-            secure=parts.scheme == "https",
-            region=self.settings.region or "us-east-1",
-        )
+        """A client that only signs (it has a region, so it never asks the store), one per
+        endpoint for the store's life."""
+        client = self._public_clients.get(endpoint)
+        if client is None:
+            parts = urlsplit(check_s3_endpoint(endpoint))
+            client = Minio(
+                parts.netloc,
+                access_key=self.settings.access_key,
+                secret_key=self.settings.secret_key,
+                secure=parts.scheme == "https",
+                region=self.settings.region or "us-east-1",
+            )
+            self._public_clients[endpoint] = client
+        return client
 
     def open_read(self, key: str, offset: int = 0) -> ObjectReader:
         """Stream the object from `offset`, resuming after broken connections.

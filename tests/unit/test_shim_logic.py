@@ -144,3 +144,18 @@ def test_a_list_page_renders_each_stored_job_once_and_sees_every_update() -> Non
     backend.batches.put(first.model_copy(update={"status": status}))
     (updated,) = asyncio.run(page_of())
     assert updated.status == "in_progress" and once.status == "validating"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["s3.example.com", "https://s3.example.com/bucket", "ftp://s3", "https://u:p@s3.example.com"],
+)
+def test_a_download_redirect_endpoint_must_be_scheme_and_host(endpoint: str) -> None:
+    from pydantic import ValidationError
+
+    from openbatch_shim.settings import ShimSettings
+
+    with pytest.raises(ValidationError, match="S3 endpoint"):
+        ShimSettings(download_redirect_endpoint=endpoint)
+    good = ShimSettings(download_redirect_endpoint="https://s3.example.com:9443/")
+    assert good.download_redirect_endpoint == "https://s3.example.com:9443"
