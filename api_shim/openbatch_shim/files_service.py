@@ -5,6 +5,7 @@ backends. Records of the files a batch wrote come from the batch service (`Outpu
 """
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -50,6 +51,7 @@ NOT_JSONL = "Invalid file format for Batch API. Must be .jsonl"
 _BOM = b"\xef\xbb\xbf"
 
 OutputFiles = Callable[[str], Awaitable[list[FileRecord]]]
+_log = logging.getLogger("openbatch.shim")
 _FILE_ID = re.compile(FILE_ID_PATTERN)
 
 
@@ -290,17 +292,28 @@ class FileService:
         if not isinstance(self._store, PresigningStore):
             return None
         record, key = await self._downloadable(tenant, file_id)
+        if record.expires_at is not None:  # the link must not outlive the file
+            seconds = min(seconds, int(record.expires_at - time.time()))
+            if seconds < 1:
+                raise file_not_found(file_id)
         headers = {
             "response-content-type": "application/octet-stream",
             "response-content-disposition": attachment(record.filename),
         }
-        return await asyncio.to_thread(
-            self._store.presigned_get,
-            key,
-            seconds,
-            response_headers=headers,
-            endpoint=endpoint,
-        )
+        try:
+            return await asyncio.to_thread(
+                self._store.presigned_get,
+                key,
+                seconds,
+                response_headers=headers,
+                endpoint=endpoint,
+            )
+        except StorageError as exc:
+            if exc.transient:
+                raise  # the store is down: a relay would fail as well
+            # E.g. a key without s3:GetBucketLocation: relaying still works.
+            _log.warning("cannot presign %s, relaying the download instead: %s", key, exc)
+            return None
 
     # ------------------------------------------------------------------ delete, expiry
     async def delete(self, tenant: str, file_id: str) -> None:

@@ -290,25 +290,25 @@ class S3Store:
         Signing is local; only a store without a configured region is asked for the
         bucket's region, once. `response_headers` are S3's `response-content-type` and
         `response-content-disposition` overrides. With `endpoint`, the URL names that host
-        (where clients reach the store, e.g. an ingress) and is signed for it; its region is
-        `settings.region`, else us-east-1, since the public name may not answer us.
+        (where clients reach the store, e.g. an ingress) and is signed for it.
         """
         self._require_key(key)
         if not 1 <= seconds <= 7 * 24 * 3600:
             raise ValueError(f"presigned URLs last 1 s to 7 days, not {seconds} s")
-        client = self._client if endpoint is None else self._public_client(endpoint)
         headers: DictType | None = dict(response_headers) if response_headers else None
-        return self._retrying(
-            "presign",
-            key,
-            lambda: client.presigned_get_object(
+
+        def sign() -> str:
+            client = self._client if endpoint is None else self._public_client(endpoint)
+            return client.presigned_get_object(
                 self.bucket, key, expires=timedelta(seconds=seconds), response_headers=headers
-            ),
-        )
+            )
+
+        return self._retrying("presign", key, sign)
 
     def _public_client(self, endpoint: str) -> Minio:
-        """A client that only signs (it has a region, so it never asks the store), one per
-        endpoint for the store's life."""
+        """A client that only signs, one per endpoint for the store's life. Its region is the
+        configured one, else the bucket's as our own client learns it (GetBucketLocation,
+        once): the public name may not answer us."""
         client = self._public_clients.get(endpoint)
         if client is None:
             parts = urlsplit(check_s3_endpoint(endpoint))
@@ -317,9 +317,9 @@ class S3Store:
                 access_key=self.settings.access_key,
                 secret_key=self.settings.secret_key,
                 secure=parts.scheme == "https",
-                region=self.settings.region or "us-east-1",
+                region=self.settings.region or self._client._get_region(self.bucket),
             )
-            self._public_clients[endpoint] = client
+            self._public_clients[endpoint] = client  # a racing thread builds the same one
         return client
 
     def open_read(self, key: str, offset: int = 0) -> ObjectReader:

@@ -160,3 +160,20 @@ def test_files_on_local_disk_are_relayed_even_with_the_setting(start: StartServe
     answer = _get(serve, file_id)
     assert answer.status_code == 200
     assert answer.content == BYTES
+
+
+def test_a_link_never_outlives_its_file(
+    start: StartServe, seaweed: SeaweedServer, s3_bucket: str
+) -> None:
+    serve = start(_s3_env(seaweed, s3_bucket, 7200))
+    posted = httpx.post(
+        f"{serve.base_url}/files",
+        headers={"Authorization": f"Bearer {KEY_A}"},
+        data={"purpose": "batch", "expires_after[anchor]": "created_at"}
+        | {"expires_after[seconds]": "3600"},
+        files={"file": ("in.jsonl", BYTES)},
+    )
+    assert posted.status_code == 200, posted.text
+    location = _get(serve, posted.json()["id"]).headers["location"]
+    lifetime = int(parse_qs(urlsplit(location).query)["X-Amz-Expires"][0])
+    assert 3500 < lifetime <= 3600  # the file's own hour, not the 2 h asked for

@@ -159,3 +159,54 @@ def test_a_download_redirect_endpoint_must_be_scheme_and_host(endpoint: str) -> 
         ShimSettings(download_redirect_endpoint=endpoint)
     good = ShimSettings(download_redirect_endpoint="https://s3.example.com:9443/")
     assert good.download_redirect_endpoint == "https://s3.example.com:9443"
+
+
+class _PresignFails(LocalStore):
+    """A store on disk that claims to presign and fails the way S3 may."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def presigned_get(
+        self,
+        key: str,
+        seconds: int,
+        *,
+        response_headers: dict[str, str] | None = None,
+        endpoint: str | None = None,
+    ) -> str:
+        raise self.error
+
+
+async def _a_batch_file(files: Any) -> str:
+    from openbatch_shim.multipart import Field, FileData, FileEnd, FileStart
+
+    async def form() -> Any:
+        for event in (
+            Field("purpose", "batch"),
+            FileStart("file", "in.jsonl"),
+            FileData(b'{"custom_id": "a"}\n'),
+            FileEnd(),
+        ):
+            yield event
+
+    return str((await files.upload("t", form())).id)
+
+
+def test_a_presign_refused_for_good_falls_back_to_relaying_and_an_outage_is_an_outage(
+    tmp_path: Any,
+) -> None:
+    from openbatch.storage import StorageError
+    from openbatch_shim.files_service import FileService
+
+    async def no_outputs(_tenant: str) -> list[Any]:
+        return []
+
+    async def url_of(error: Exception) -> str | None:
+        files = FileService(_PresignFails(error), str(tmp_path), no_outputs)
+        return await files.content_url("t", await _a_batch_file(files), 60)
+
+    denied = StorageError("GetBucketLocation: AccessDenied", transient=False)
+    assert asyncio.run(url_of(denied)) is None  # the route relays instead
+    with pytest.raises(StorageError):
+        asyncio.run(url_of(StorageError("connection refused", transient=True)))
