@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import urllib.request
 
 from tests.fixtures.kube import KubeApi
 from tests.fixtures.s3 import SeaweedServer
@@ -37,3 +39,20 @@ def operator_env(seaweed: SeaweedServer, bucket: str, **settings: str) -> dict[s
         "OPENBATCH_OPERATOR_S3_ENDPOINT": seaweed.endpoint,
         **{f"OPENBATCH_OPERATOR_{k.upper()}": v for k, v in settings.items()},
     }
+
+
+def wait_for_metric(port: int, line: str, timeout: float = 20.0) -> str:
+    """Scrape the operator's metrics on 127.0.0.1:`port` until `line` appears; the page.
+
+    The gauges follow the watch, so they show a status an event after a reader may have seen
+    it in the API (CI once scraped "Validating" right after reading "Completed").
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        url = f"http://127.0.0.1:{port}/metrics"  # loopback, the operator's own port
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            page: str = resp.read().decode()
+        if line in page:
+            return page
+        assert time.monotonic() < deadline, f"{line!r} not in:\n{page}"
+        time.sleep(0.2)

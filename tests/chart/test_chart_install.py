@@ -25,7 +25,6 @@ import importlib.util
 import json
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from tests.fakes.kubelet import KubeletHarness
 from tests.fixtures.kube import KubeApi
 from tests.fixtures.model_sim import ModelSimFactory
 from tests.fixtures.s3 import SeaweedServer
+from tests.operator_support import wait_for_metric
 from tests.runner_support import (
     assert_exactly_once,
     chat_line,
@@ -273,8 +273,7 @@ def test_default_install_applies_and_runs_a_batch(
     assert refs == {f"{FULLNAME}-runner-s3"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["routing"]["configMap"]["name"] == f"{FULLNAME}-routing"
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as resp:
-        assert 'openbatch_batches{phase="Completed"} 1.0' in resp.read().decode()
+    wait_for_metric(metrics, 'openbatch_batches{phase="Completed"} 1.0')
 
 
 @pytest.mark.skipif(SHIM_MISSING, reason="the API shim (openbatch_shim) is not in this tree yet")

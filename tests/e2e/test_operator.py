@@ -29,7 +29,7 @@ from tests.fakes.kubelet import KubeletHarness
 from tests.fixtures.kube import KopfProcess, KubeApi, RunKopf, job_condition
 from tests.fixtures.model_sim import ModelSimFactory, SimHandle
 from tests.fixtures.s3 import SeaweedServer
-from tests.operator_support import operator_env, prepare_namespace
+from tests.operator_support import operator_env, prepare_namespace, wait_for_metric
 from tests.runner_support import (
     REPO_ROOT,
     assert_exactly_once,
@@ -185,11 +185,7 @@ def test_kubectl_apply_example_completes(cluster: Cluster, tmp_path: Path) -> No
     assert job is not None and job_condition(job, "Complete") is not None
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
-    with urllib.request.urlopen(  # loopback, our own metrics port
-        f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=5
-    ) as resp:
-        metrics = resp.read().decode()
-    assert 'openbatch_batches{phase="Completed"} 1.0' in metrics
+    wait_for_metric(cluster.metrics_port, 'openbatch_batches{phase="Completed"} 1.0')
 
 
 def test_invalid_input_fails_with_openai_errors(cluster: Cluster, tmp_path: Path) -> None:
