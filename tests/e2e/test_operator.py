@@ -181,8 +181,12 @@ def test_kubectl_apply_example_completes(cluster: Cluster, tmp_path: Path) -> No
     table = cluster.kube.kubectl("get", "bj", "-n", cluster.kube.namespace).stdout
     assert "Completed" in table and "120/120" in table and MODEL in table
     assert {"Validating", "Completed"} <= set(_events(cluster.kube, name))
-    job = cluster.kube.get("jobs", f"{name}-runner")
-    assert job is not None and job_condition(job, "Complete") is not None
+    # The kubelet marks the Job Complete after the pod exits; the batch may read Completed
+    # from the runner's record a moment before (CI once saw no condition yet).
+    job = cluster.kube.wait_for(
+        "jobs", f"{name}-runner", lambda j: job_condition(j, "Complete") is not None, timeout=30
+    )
+    assert job is not None
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     wait_for_metric(cluster.metrics_port, 'openbatch_batches{phase="Completed"} 1.0')
